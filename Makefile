@@ -1,0 +1,29 @@
+# Quickstart: `make run` (set up + main job on the built-in data), `make test` (set up + tests).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/pdclm run --preset cpu $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/pdclm bench pretrain --preset cpu --json benchmarks/pretrain_cpu.json $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pdclm tests
+	$(VENV)/bin/ruff format --check pdclm tests
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache .hypothesis

@@ -1,0 +1,309 @@
+"""The ``pdclm`` command.
+
+    pdclm run       [--preset cpu] [--out DIR] [--resume DIR]      all phases, report, plots
+    pdclm prepare   [--data.sources PATH ...] [--data.dir DIR]     ingest into byte shards
+    pdclm train     pretrain [--out DIR] [--resume DIR]            one phase
+    pdclm pse       "some text" | --file F  [--ckpt RUN] [--plot out.png]
+    pdclm generate  --ckpt RUN "prompt" [--max-bytes 200]
+    pdclm eval      --ckpt RUN                                     held-out bits per byte
+    pdclm bench     pretrain [--preset tiny|cpu] --json FILE       PD-CLM vs byte transformer
+
+Every subcommand takes ``--preset NAME|FILE``, ``--out DIR``, ``--json FILE`` (results as JSON)
+and dotted config overrides such as ``--model.latent.layers=6`` or ``--train.steps=200``.
+Several processes: ``torchrun --nproc_per_node=N -m pdclm run ...``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tyro
+
+from pdclm.config import Config, ConfigError, load_preset, validate
+
+DEFAULT_PRESET = "cpu"
+
+
+@dataclass
+class Common:
+    config: Annotated[Config, tyro.conf.arg(name="")]
+    """``--preset NAME|FILE`` (tiny, cpu, gpu or a .toml/.json file) picks the defaults."""
+    out: str | None = None
+    """Run folder (default runs/<timestamp>)."""
+    json: str | None = None
+    """Also write this command's results to this JSON file."""
+
+
+@dataclass
+class RunCmd(Common):
+    """Run every phase on the configured data; write report.md/.json and plots."""
+
+    resume: str | None = None
+    """Resume this run folder from its last checkpoints."""
+    progress: bool = True
+
+
+@dataclass
+class PrepareCmd(Common):
+    """Ingest files, folders, globs, .jsonl or stdin (-) into byte shards with a manifest."""
+
+    progress: bool = True
+
+
+@dataclass
+class TrainCmd(Common):
+    """Run one phase in a run folder."""
+
+    phase: tyro.conf.Positional[str] = "pretrain"
+    resume: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class PseCmd(Common):
+    """Print the bit-entropy profile and the patches of a text."""
+
+    text: tyro.conf.Positional[str | None] = None
+    file: str | None = None
+    ckpt: str | None = None
+    """Run or model folder (default: the newest run under runs/)."""
+    plot: str | None = None
+    """Draw the entropy curve with patch boundaries to this PNG."""
+
+
+@dataclass
+class GenerateCmd(Common):
+    """Stream bytes from a trained model (cached, incremental generation)."""
+
+    prompt: tyro.conf.Positional[str] = ""
+    ckpt: str | None = None
+    max_bytes: int = 200
+    temperature: float = 0.8
+    top_k: int = 0
+    seed: int = 0
+
+
+@dataclass
+class EvalCmd(Common):
+    """Held-out bits per byte of a trained model."""
+
+    ckpt: str | None = None
+    batches: int = 8
+
+
+@dataclass
+class BenchCmd(Common):
+    """Benchmarks against baselines, measured in one run on this machine."""
+
+    which: tyro.conf.Positional[Literal["pretrain"]] = "pretrain"
+
+
+COMMANDS: dict[str, type[Common]] = {
+    "run": RunCmd,
+    "prepare": PrepareCmd,
+    "train": TrainCmd,
+    "pse": PseCmd,
+    "generate": GenerateCmd,
+    "eval": EvalCmd,
+    "bench": BenchCmd,
+}
+
+
+def parse(argv: list[str]) -> tuple[str, Common]:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__)
+        if argv and argv[0] not in ("-h", "--help"):
+            raise ConfigError(f"unknown command '{argv[0]}' (commands: {', '.join(COMMANDS)})")
+        raise SystemExit(0)
+    name, rest = argv[0], argv[1:]
+    preset = DEFAULT_PRESET
+    for i, a in enumerate(rest):  # the preset decides the defaults the overrides apply to
+        if a == "--preset" and i + 1 < len(rest):
+            preset = rest[i + 1]
+        elif a.startswith("--preset="):
+            preset = a.split("=", 1)[1]
+    cls = COMMANDS[name]
+    args = tyro.cli(
+        cls,
+        default=cls(config=load_preset(preset)),
+        args=rest,
+        prog=f"pdclm {name}",
+        description=cls.__doc__,
+    )
+    validate(args.config)
+    return name, args
+
+
+def write_json(path: str | None, obj: Any) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_run(args: RunCmd, only: list[str] | None = None) -> dict:
+    from pdclm.eval.report import print_summary
+    from pdclm.pipeline import new_run_dir, run_phases
+
+    run_dir = Path(args.resume) if args.resume else new_run_dir(args.out)
+    if args.resume and not run_dir.is_dir():
+        raise FileNotFoundError(f"--resume: no such run folder {run_dir}")
+    report = run_phases(
+        args.config, run_dir, resume=bool(args.resume), progress=args.progress, only=only
+    )
+    print_summary(report)
+    print(f"report: {run_dir / 'report.md'}")
+    return report
+
+
+def cmd_prepare(args: PrepareCmd) -> dict:
+    from pdclm.data.ingest import prepare
+
+    manifest = prepare(args.config.data, progress=args.progress)
+    for split, t in manifest["totals"].items():
+        print(f"{split}: {t['docs']} documents, {t['bytes']:,} bytes")
+    print(f"shards in {args.config.data.dir}")
+    return manifest
+
+
+def read_text_arg(text: str | None, file: str | None) -> bytes:
+    if file:
+        p = Path(file)
+        if not p.is_file():
+            raise FileNotFoundError(f"--file: no such file {p}")
+        return p.read_bytes()
+    if text is None:
+        raise ConfigError("give a text or --file")
+    return text.encode()
+
+
+def cmd_pse(args: PseCmd) -> dict:
+    import torch
+
+    from pdclm.model.io import load_model
+    from pdclm.pse.viz import patches_text, plot_profile, symbol_label
+
+    model, cfg = load_model(args.ckpt)
+    data = read_text_arg(args.text, args.file)
+    tokens = torch.tensor([list(data)])
+    entropy = model.entropy.profile(tokens)
+    starts = model.patch(tokens, entropy)
+    ent, st = entropy[0], starts[0]
+    print(f"{'pos':>5} {'sym':>6} {'bits':>6} {'delta':>6}  start")
+    for i, t in enumerate(tokens[0].tolist()):
+        delta = float(ent[i] - ent[i - 1]) if i else 0.0
+        print(
+            f"{i:>5} {symbol_label(t):>6} {float(ent[i]):6.2f} {delta:+6.2f}  "
+            + ("|" if st[i] else "")
+        )
+    patches = patches_text(tokens[0], st)
+    print(
+        f"\n{len(patches)} patches, mean {len(data) / max(1, len(patches)):.2f} bytes "
+        f"(rule {cfg.pse.patcher.rule}, threshold {float(model.threshold):.3f}):"
+    )
+    print(" | ".join(patches))
+    if args.plot:
+        plot_profile(tokens[0], ent, st, Path(args.plot), cfg.pse.patcher)
+        print(f"plot: {args.plot}")
+    return {"entropy_bits": ent.tolist(), "starts": st.tolist(), "patches": patches}
+
+
+def cmd_generate(args: GenerateCmd) -> dict:
+    import torch
+
+    from pdclm.model.io import load_model
+    from pdclm.vocab import BOS, EOS
+
+    model, _ = load_model(args.ckpt)
+    gen = torch.Generator().manual_seed(args.seed)
+    out = bytearray()
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # multi-byte chars stream whole
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    for sym in model.generate(
+        [BOS, *args.prompt.encode()],
+        args.max_bytes,
+        args.temperature,
+        args.top_k,
+        stop=(EOS,),
+        generator=gen,
+    ):
+        if sym < 256:
+            out.append(sym)
+            sys.stdout.write(utf8.decode(bytes([sym])))
+            sys.stdout.flush()
+    print(utf8.decode(b"", final=True))
+    return {"prompt": args.prompt, "completion": out.decode(errors="replace")}
+
+
+def cmd_eval(args: EvalCmd) -> dict:
+    import numpy as np
+    import torch
+
+    from pdclm.data.shards import BatchSampler, ShardSet
+    from pdclm.model.io import load_model
+    from pdclm.model.pdclm import next_symbol_loss
+
+    model, cfg = load_model(args.ckpt)
+    val = ShardSet.open(cfg.data.dir, "val")
+    vals = []
+    with torch.no_grad():
+        for tokens, _ in BatchSampler(val, cfg.train.seq_len, cfg.train.batch, 1).fixed_batches(
+            args.batches
+        ):
+            t = torch.from_numpy(tokens)
+            vals.append(float(next_symbol_loss(model(t), t[:, 1:])[1]))
+    result = {"val_bpb": float(np.mean(vals)), "batches": len(vals), "data": cfg.data.dir}
+    print(
+        f"held-out bits per byte: {result['val_bpb']:.4f} ({len(vals)} batches of {cfg.data.dir})"
+    )
+    return result
+
+
+def cmd_bench(args: BenchCmd) -> dict:
+    from pdclm.eval.bench import bench_pretrain
+
+    return bench_pretrain(args.config, Path(args.out) if args.out else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pdclm.data.ingest import DataError
+    from pdclm.train.checkpoint import CheckpointError
+    from pdclm.train.loop import NonFiniteLossError
+
+    try:
+        name, args = parse(sys.argv[1:] if argv is None else argv)
+        if name == "run":
+            result = cmd_run(args)
+        elif name == "train":
+            from pdclm.pipeline import phase_registry
+
+            if args.phase not in phase_registry():
+                raise ConfigError(
+                    f"unknown phase '{args.phase}' (known: {', '.join(phase_registry())})"
+                )
+            result = cmd_run(args, only=[args.phase])
+        else:
+            result = {
+                "prepare": cmd_prepare,
+                "pse": cmd_pse,
+                "generate": cmd_generate,
+                "eval": cmd_eval,
+                "bench": cmd_bench,
+            }[name](args)
+        write_json(args.json, result)
+        return 0
+    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, FileNotFoundError) as e:
+        print(f"pdclm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pdclm: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Every knob of PD-CLM in one place: dataclasses, preset files and validation.
+
+A preset (``pdclm/presets/<name>.toml`` or any ``.toml``/``.json`` path) fills the dataclasses;
+dotted command-line overrides (``--model.latent.layers=6``) are applied on top by the CLI.
+Unknown keys and bad values raise :class:`ConfigError` with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix: unknown key, bad value, missing preset."""
+
+
+@dataclass
+class DataConfig:
+    """Where the byte shards come from and where they live."""
+
+    sources: list[str] = field(default_factory=lambda: ["stdlib"])
+    """Files, folders, globs, ``.jsonl`` files or ``-`` (stdin); ``stdlib``: the built-in corpus."""
+    dir: str = "data/stdlib"
+    """Shard folder (a cache: preparing into an existing folder resumes or reuses it)."""
+    jsonl_field: str = "text"
+    """Text field read from each ``.jsonl`` line."""
+    max_bytes: int = 0
+    """Stop ingesting after this many document bytes (0 = no limit)."""
+    shard_bytes: int = 16 * 2**20
+    """Target size of one shard, in symbols."""
+    val_fraction: float = 0.02
+    """Share of documents held out for validation (chosen by a hash of the document name)."""
+
+
+@dataclass
+class EntropyConfig:
+    """The PSE's small causal byte model; trained first in Phase 1, then frozen."""
+
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    context: int = 256
+    """Window the model is trained with and always run with (must be even)."""
+    steps: int = 300
+    batch: int = 32
+    lr: float = 3e-3
+
+
+@dataclass
+class PatcherConfig:
+    """How the bit-entropy profile is cut into patches."""
+
+    rule: str = "entropy_jump"
+    """One of ``entropy_jump``, ``global``, ``stride``, ``whitespace``."""
+    target_mean: float = 4.5
+    """Calibrate the threshold so that the mean patch length on held-out bytes is this."""
+    max_len: int = 16
+    """No patch is longer (also the stride of the ``stride`` rule)."""
+    threshold: float = 0.0
+    """Boundary threshold in bits; set by calibration."""
+    calibration_bytes: int = 200_000
+
+
+@dataclass
+class EncoderConfig:
+    """Byte embeddings + hashed n-grams, a light local transformer, pooling into patches."""
+
+    dim: int = 128
+    layers: int = 1
+    heads: int = 4
+    window: int = 64
+    """Local attention window in bytes."""
+    ngrams: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
+    buckets: int = 4096
+    """Hash buckets per n-gram size."""
+
+
+@dataclass
+class PSEConfig:
+    entropy: EntropyConfig = field(default_factory=EntropyConfig)
+    patcher: PatcherConfig = field(default_factory=PatcherConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+
+@dataclass
+class LatentConfig:
+    """The transformer over patch vectors: where most parameters and compute live."""
+
+    dim: int = 256
+    layers: int = 4
+    heads: int = 4
+
+
+@dataclass
+class DecoderConfig:
+    """Local byte decoder; attends within the current patch (dim = encoder dim)."""
+
+    layers: int = 2
+    heads: int = 4
+
+
+@dataclass
+class ModelConfig:
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    mlp_ratio: float = 8 / 3
+    """SwiGLU hidden size as a multiple of the width."""
+
+
+@dataclass
+class TrainConfig:
+    """The shared training loop (Phase 1 uses it directly; later phases reuse it)."""
+
+    seq_len: int = 1024
+    batch: int = 8
+    grad_accum: int = 1
+    steps: int = 1000
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    bf16: bool = True
+    """bf16 autocast (about 1.6x faster on CPUs with bf16 units; slower on those without)."""
+    eval_every: int = 100
+    eval_batches: int = 8
+    ckpt_every: int = 100
+    keep_ckpts: int = 2
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    """``auto`` (CUDA if present, else CPU), ``cpu`` or ``cuda``."""
+    threads: int = 0
+    """CPU threads for torch (0 = torch's default)."""
+
+
+@dataclass
+class BenchConfig:
+    seconds: float = 60.0
+    """Wall-clock training budget per model in ``pdclm bench pretrain``."""
+
+
+@dataclass
+class Config:
+    preset: str = "default"
+    """Preset name (tiny, cpu, gpu) or a .toml/.json config file; read before other flags."""
+    phases: list[str] = field(default_factory=lambda: ["pretrain"])
+    """Phases ``pdclm run`` executes, in order."""
+    data: DataConfig = field(default_factory=DataConfig)
+    pse: PSEConfig = field(default_factory=PSEConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# dict <-> dataclass, with strict keys
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) suitable for JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            close = ", ".join(sorted(names))
+            raise ConfigError(f"unknown config key '{path}' (valid keys here: {close})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{path}' is a section; got {value!r}")
+            _apply(current, value, path)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path))
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{path}' wants a list; got {value!r}")
+        (item,) = set(typing.get_args(hint)) - {Ellipsis}
+        items = [_coerce(v, item, path) for v in value]
+        return tuple(items) if origin is tuple else items
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{path}' wants true/false; got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{path}' wants an integer; got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key '{path}' wants a number; got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{path}' wants a string; got {value!r}")
+        return value
+    return value
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    cfg = Config()
+    _apply(cfg, values, "")
+    validate(cfg)
+    return cfg
+
+
+def load_preset(name_or_path: str) -> Config:
+    """A preset by name (``tiny``, ``cpu``, ``gpu``) or a ``.toml``/``.json`` file path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.toml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
+            raise ConfigError(f"unknown preset '{name_or_path}' (known presets: {known})")
+    if not path.exists():
+        raise ConfigError(f"preset file not found: {path}")
+    try:
+        text = path.read_text()
+        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read preset {path}: {e}") from e
+    values.setdefault("preset", path.stem)
+    try:
+        return from_dict(values)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def validate(cfg: Config) -> None:
+    """Range and consistency checks, each with a message that names the key."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    from pdclm.pipeline import phase_registry
+
+    known = phase_registry()
+    for p in cfg.phases:
+        need(p in known, f"phases: unknown phase '{p}' (known: {', '.join(known)})")
+    need(0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)")
+    need(cfg.data.max_bytes >= 0, "data.max_bytes must be >= 0")
+    need(cfg.data.shard_bytes >= 1024, "data.shard_bytes must be >= 1024")
+    e = cfg.pse.entropy
+    need(e.context >= 8 and e.context % 2 == 0, "pse.entropy.context must be an even number >= 8")
+    need(e.dim % e.heads == 0, "pse.entropy.dim must be divisible by pse.entropy.heads")
+    pt = cfg.pse.patcher
+    rules = ("entropy_jump", "global", "stride", "whitespace")
+    need(pt.rule in rules, f"pse.patcher.rule must be one of {', '.join(rules)}; got '{pt.rule}'")
+    need(pt.max_len >= 1, "pse.patcher.max_len must be >= 1")
+    need(1.0 <= pt.target_mean <= pt.max_len, "pse.patcher.target_mean must be in [1, max_len]")
+    enc = cfg.pse.encoder
+    need(enc.dim % enc.heads == 0, "pse.encoder.dim must be divisible by pse.encoder.heads")
+    need(enc.window >= 1, "pse.encoder.window must be >= 1")
+    need(all(n >= 2 for n in enc.ngrams), "pse.encoder.ngrams must all be >= 2")
+    lat = cfg.model.latent
+    need(lat.dim % lat.heads == 0, "model.latent.dim must be divisible by model.latent.heads")
+    need((lat.dim // lat.heads) % 2 == 0, "model.latent head size must be even (rotary)")
+    need(
+        enc.dim % cfg.model.decoder.heads == 0,
+        "pse.encoder.dim must be divisible by model.decoder.heads",
+    )
+    t = cfg.train
+    need(t.seq_len >= 8, "train.seq_len must be >= 8")
+    need(t.batch >= 1 and t.grad_accum >= 1, "train.batch and train.grad_accum must be >= 1")
+    need(t.steps >= 1, "train.steps must be >= 1")
+    need(t.lr > 0, "train.lr must be > 0")
+    need(t.warmup >= 0, "train.warmup must be >= 0")
+    need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
+    for name in ("eval_every", "ckpt_every", "log_every", "eval_batches", "keep_ckpts"):
+        need(getattr(t, name) >= 1, f"train.{name} must be >= 1")

@@ -1,0 +1,263 @@
+"""``pdclm bench pretrain``: PD-CLM against a plain byte transformer, one run, same machine.
+
+Both models train on the same shards for the same wall-clock budget, each in its own spawned
+process (so peak resident memory is each model's own), through the shared training loop.
+Reported per model: held-out bits per byte, training bytes/s, peak RSS, model FLOP/s measured
+with PyTorch's FLOP counter, and that as a fraction of the matmul FLOP/s measured here in the
+same run. The byte transformer has PD-CLM's latent width and the depth that matches PD-CLM's
+non-embedding parameter count (embedding tables are lookups, not compute).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pdclm.config import Config
+
+
+def non_embedding_params(model: nn.Module) -> int:
+    emb = sum(
+        p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()
+    )
+    return sum(p.numel() for p in model.parameters() if p.requires_grad) - emb
+
+
+def matmul_flops(bf16: bool, seconds: float = 1.5, n: int = 1024) -> float:
+    """Sustained FLOP/s of a square matmul at this precision on this machine."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def step_flops(model: nn.Module, batch: tuple[torch.Tensor, ...], loss_fn, bf16: bool) -> float:
+    """FLOPs of one forward + backward on ``batch``, counted by PyTorch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss, _ = loss_fn(model, batch)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def _train_one(kind: str, cfg: Config, tag: str, seconds: float, out_dir: str, queue) -> None:
+    """Child process: build, time-calibrate, train for ``seconds``, evaluate, report."""
+    from pdclm.data.shards import BatchSampler, ShardSet
+    from pdclm.eval.baselines import matched_byte_transformer
+    from pdclm.model.io import load_model
+    from pdclm.train.loop import Trainer
+    from pdclm.train.objectives import lm_loss, mean_bpb
+    from pdclm.train.pretrain import as_batch
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    pd_model, _ = load_model(Path(out_dir) / "pse")
+    if kind == "pdclm":
+        model = pd_model
+        model.train()
+        model.freeze_entropy()
+    else:
+        model = matched_byte_transformer(
+            non_embedding_params(pd_model),
+            cfg.model.latent.dim,
+            cfg.model.latent.heads,
+            cfg.model.mlp_ratio,
+        )
+    del pd_model
+    train, val = ShardSet.open(cfg.data.dir, "train"), ShardSet.open(cfg.data.dir, "val")
+    sampler = BatchSampler(train, cfg.train.seq_len, cfg.train.batch, cfg.train.seed, tag)
+    val_batches = [
+        as_batch(*b)
+        for b in BatchSampler(val, cfg.train.seq_len, cfg.train.batch, 1, tag).fixed_batches(
+            cfg.train.eval_batches
+        )
+    ]
+    flops = step_flops(model, as_batch(*sampler.batch(0)), lm_loss, cfg.train.bf16)
+
+    # size the cosine schedule to the budget from a short timing of a few steps
+    init_state = {k: v.clone() for k, v in model.state_dict().items()}
+    probe = dataclasses.replace(cfg.train, steps=3, warmup=0, device="cpu")
+    t0 = time.perf_counter()
+    Trainer(
+        f"{kind}-probe",
+        model,
+        probe,
+        Path(out_dir) / kind,
+        lambda i: as_batch(*sampler.batch(i)),
+        lm_loss,
+        checkpoints=False,
+        progress=False,
+    ).fit(resume=False)
+    step_time = (time.perf_counter() - t0) / 3
+    model.load_state_dict(init_state)  # train from the same initial weights the probe started at
+    steps = max(10, int(seconds / step_time))
+    tcfg = dataclasses.replace(
+        cfg.train,
+        steps=steps,
+        warmup=min(cfg.train.warmup, steps // 10),
+        eval_every=max(1, steps // 6),
+        device="cpu",
+    )
+    trainer = Trainer(
+        kind,
+        model,
+        tcfg,
+        Path(out_dir) / kind,
+        lambda i: as_batch(*sampler.batch(i)),
+        lm_loss,
+        evaluate=mean_bpb(val_batches, torch.device("cpu")),
+        max_seconds=seconds,
+        checkpoints=False,
+        progress=True,
+    )
+    t_start = time.perf_counter()
+    result = trainer.fit(resume=False)
+    wall = time.perf_counter() - t_start
+    symbols_per_step = cfg.train.batch * cfg.train.grad_accum * (cfg.train.seq_len + 1)
+    queue.put(
+        {
+            "model": kind,
+            "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "non_embedding_params": non_embedding_params(model),
+            "steps": result["steps"],
+            "val_bpb": result["val_bpb"],
+            "bytes_per_s": result["bytes_per_s"],
+            "flops_per_step": flops,
+            "flops_per_s": flops * result["steps"] / result["train_seconds"],
+            "flops_per_byte": flops / symbols_per_step,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "wall_seconds": wall,
+            "curve": [(h["step"], h["val_bpb"]) for h in result["history"]],
+            "seconds_per_step": result["train_seconds"] / max(1, result["steps"]),
+        }
+    )
+
+
+def prepare_pse(cfg: Config, out_dir: Path) -> tuple[str, float]:
+    """Data + entropy model + profiles + calibration, via Phase 1's own code; returns the tag."""
+    from pdclm.data.ingest import prepare
+    from pdclm.data.shards import ShardSet, write_profiles
+    from pdclm.model.io import save_model
+    from pdclm.model.pdclm import PDCLM
+    from pdclm.pipeline import RunContext
+    from pdclm.pse.entropy import profile_long
+    from pdclm.pse.patcher import calibrate
+    from pdclm.train.pretrain import calibration_sample, train_entropy_model, weights_tag
+
+    t0 = time.perf_counter()
+    prepare(cfg.data)
+    train, val = ShardSet.open(cfg.data.dir, "train"), ShardSet.open(cfg.data.dir, "val")
+    ctx = RunContext(cfg, out_dir)
+    entropy, _ = train_entropy_model(ctx, train, val)
+    tag = weights_tag(entropy)
+    write_profiles(
+        cfg.data.dir,
+        tag,
+        lambda s: profile_long(entropy, torch.from_numpy(s.astype(np.int64))).numpy(),
+    )
+    cfg.pse.patcher.threshold = calibrate(*calibration_sample(val, cfg, tag), cfg.pse.patcher)
+    torch.manual_seed(cfg.train.seed)
+    model = PDCLM(cfg.pse, cfg.model)
+    model.entropy.load_state_dict(entropy.state_dict())
+    save_model(model, cfg, out_dir / "pse")
+    return tag, time.perf_counter() - t0
+
+
+def bench_pretrain(cfg: Config, out: Path | None = None) -> dict[str, Any]:
+    out_dir = out or Path("runs") / f"bench-pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag, pse_seconds = prepare_pse(cfg, out_dir)
+    peak = matmul_flops(cfg.train.bf16)
+    ctx = mp.get_context("spawn")
+    rows = {}
+    for kind in ("pdclm", "byte"):
+        queue = ctx.Queue()
+        proc = ctx.Process(
+            target=_train_one, args=(kind, cfg, tag, cfg.bench.seconds, str(out_dir), queue)
+        )
+        proc.start()
+        rows[kind] = queue.get()
+        proc.join()
+        rows[kind]["mfu"] = rows[kind]["flops_per_s"] / peak
+    pd, by = rows["pdclm"], rows["byte"]
+    result = {
+        "preset": cfg.preset,
+        "budget_seconds": cfg.bench.seconds,
+        "threads": torch.get_num_threads(),
+        "matmul_flops_per_s": peak,
+        "matmul_dtype": "bf16" if cfg.train.bf16 else "fp32",
+        "pse_prep_seconds": pse_seconds,
+        "models": rows,
+        "ratios": {
+            "bytes_per_s": pd["bytes_per_s"] / by["bytes_per_s"],
+            "val_bpb": pd["val_bpb"] / by["val_bpb"],
+            "peak_rss": pd["peak_rss_mb"] / by["peak_rss_mb"],
+            "flops_per_byte": pd["flops_per_byte"] / by["flops_per_byte"],
+        },
+        "goal": {
+            "pdclm_lower_bpb": pd["val_bpb"] < by["val_bpb"],
+            "bytes_per_s_ratio_at_least_1.25": pd["bytes_per_s"] / by["bytes_per_s"] >= 1.25,
+        },
+    }
+    plot_bench(rows, out_dir / "bench_pretrain.png", cfg.bench.seconds)
+    (out_dir / "bench_pretrain.json").write_text(json.dumps(result, indent=2))
+    print(table(result))
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        "| model | params (non-emb) | val bpb | bytes/s | peak RSS MB | GFLOP/s | MFU |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in result["models"].items():
+        lines.append(
+            f"| {name} | {r['params']:,} ({r['non_embedding_params']:,}) | {r['val_bpb']:.3f} | "
+            f"{r['bytes_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['flops_per_s'] / 1e9:.1f} | "
+            f"{r['mfu']:.1%} |"
+        )
+    ra = result["ratios"]
+    lines.append(
+        f"\nPD-CLM / byte: bytes/s x{ra['bytes_per_s']:.2f}, bpb x{ra['val_bpb']:.3f}, "
+        f"peak RSS x{ra['peak_rss']:.2f}, FLOPs/byte x{ra['flops_per_byte']:.2f}; "
+        f"matmul peak {result['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s ({result['matmul_dtype']})"
+    )
+    return "\n".join(lines)
+
+
+def plot_bench(rows: dict[str, Any], path: Path, seconds: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for name, r in rows.items():
+        steps = max(1, r["steps"])
+        xs = [s / steps * r["wall_seconds"] for s, _ in r["curve"]]
+        ax.plot(xs, [b for _, b in r["curve"]], "o-", label=f"{name} ({r['bytes_per_s']:.0f} B/s)")
+    ax.set_xlabel("training wall-clock (s)")
+    ax.set_ylabel("held-out bits per byte")
+    ax.set_title(f"equal wall-clock budget ({seconds:.0f} s each)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

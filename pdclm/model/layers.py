@@ -1,0 +1,196 @@
+"""Transformer building blocks shared by every stack in PD-CLM.
+
+The entropy model, the local encoder, the latent transformer, the local decoder and the byte
+baseline are all made of :class:`Block`. A block attends either causally over everything it is
+given (``window=None``) or over a causal local window, optionally only among positions of the
+same segment (the decoder's "same patch" rule). Each block can also run one position at a
+time against a :class:`KVCache`, which is what makes generation incremental.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # in fp32 (the fused kernel needs matching dtypes; bf16 autocast would break that)
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps).to(x.dtype)
+
+
+def rotary(head_dim: int, positions: Tensor, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """cos/sin tables (T, head_dim/2) for the given absolute positions."""
+    inv = 1.0 / base ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    angles = positions.float()[:, None] * inv[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, H, T, D) by per-position angles; computed in fp32, returned in x's dtype."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.to(x.dtype)
+
+
+class KVCache:
+    """Keys/values of the positions seen so far; keeps only the last ``window`` if set."""
+
+    def __init__(self, window: int | None = None) -> None:
+        self.window = window
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def reset(self) -> None:
+        self.k = self.v = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        if self.window is not None and self.k.shape[2] > self.window:
+            self.k, self.v = self.k[:, :, -self.window :], self.v[:, :, -self.window :]
+        return self.k, self.v
+
+
+def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int, seg: Tensor | None) -> Tensor:
+    """Causal attention where position t sees keys in (t - window, t], same ``seg`` only.
+
+    Cost is O(T * window): the sequence is cut into chunks of ``window`` and each chunk attends
+    to itself and the chunk before it, with a mask for the exact window and segment rule.
+    """
+    B, H, T, D = q.shape
+    c = window
+    n = math.ceil(T / c)
+    pad = n * c - T
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    kp = F.pad(k, (0, 0, c, 0)).unfold(2, 2 * c, c).transpose(-1, -2)  # (B,H,n,2c,D)
+    vp = F.pad(v, (0, 0, c, 0)).unfold(2, 2 * c, c).transpose(-1, -2)
+    qq = q.view(B, H, n, c, D)
+    qpos = torch.arange(n * c, device=q.device).view(n, c, 1)
+    kpos = (torch.arange(n, device=q.device) * c - c).view(n, 1, 1) + torch.arange(
+        2 * c, device=q.device
+    ).view(1, 1, 2 * c)
+    delta = qpos - kpos
+    mask = (delta >= 0) & (delta < c) & (kpos >= 0)  # (n, c, 2c)
+    mask = mask[None, None]
+    if seg is not None:
+        # padded positions get their own segment ids so they only ever see themselves
+        s = F.pad(seg, (0, pad), value=-1) if pad else seg
+        sq = s.view(B, n, c, 1)
+        sk = F.pad(s, (c, 0), value=-2).unfold(1, 2 * c, c).view(B, n, 1, 2 * c)
+        mask = mask & (sq == sk)[:, None]
+    out = F.scaled_dot_product_attention(qq, kp, vp, attn_mask=mask)
+    return out.reshape(B, H, n * c, D)[:, :, :T]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, window: int | None = None) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.window = heads, dim // heads, window
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        seg: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if (
+            cache is not None
+        ):  # incremental: every cached key is visible (the cache holds the window)
+            k, v = cache.append(k, v)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        elif self.window is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = local_attention(q, k, v, self.window, seg)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention then SwiGLU, each with a residual."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, window: int | None = None) -> None:
+        super().__init__()
+        hidden = int(mlp_ratio * dim + 7) // 8 * 8
+        self.attn_norm, self.attn = RMSNorm(dim), Attention(dim, heads, window)
+        self.mlp_norm, self.mlp = RMSNorm(dim), SwiGLU(dim, hidden)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        seg: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, seg, cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Stack(nn.Module):
+    """A run of blocks with shared rotary tables and a final norm."""
+
+    def __init__(
+        self, dim: int, heads: int, layers: int, mlp_ratio: float, window: int | None = None
+    ) -> None:
+        super().__init__()
+        self.head_dim, self.window = dim // heads, window
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, window) for _ in range(layers))
+        self.norm = RMSNorm(dim)
+
+    def new_caches(self) -> list[KVCache]:
+        return [KVCache(self.window) for _ in self.blocks]
+
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor | None = None,
+        seg: Tensor | None = None,
+        caches: list[KVCache] | None = None,
+    ) -> Tensor:
+        if positions is None:
+            positions = torch.arange(x.shape[1], device=x.device)
+        rope = rotary(self.head_dim, positions)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, seg, None if caches is None else caches[i])
+        return self.norm(x)
+
+
+def init_weights(module: nn.Module) -> None:
+    """GPT-2 style init: small normal weights, zero biases, residual projections scaled down."""
+    n_blocks = max(1, sum(1 for m in module.modules() if isinstance(m, Block)))
+    for name, p in module.named_parameters():
+        if p.dim() >= 2:
+            std = (
+                0.02 / math.sqrt(2 * n_blocks)
+                if name.endswith(("proj.weight", "down.weight"))
+                else 0.02
+            )
+            nn.init.normal_(p, mean=0.0, std=std)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)

@@ -1,0 +1,93 @@
+"""``pdclm run``: the phases in order, in one run folder, then the report.
+
+A phase is an object with a ``name`` (what the config and CLI call it), a ``key`` (its section
+in ``report.json``, e.g. ``phase1``) and ``run(ctx) -> dict`` returning its results. Adding a
+phase means writing that object and adding it to :data:`PHASES`; nothing here changes.
+A finished phase leaves ``phases/<name>.json``; resuming a run skips finished phases and the
+unfinished one resumes from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pdclm.config import Config, to_dict
+from pdclm.train.checkpoint import write_json_atomic
+from pdclm.train.loop import MetricsLog
+
+
+@dataclass
+class RunContext:
+    cfg: Config
+    run_dir: Path
+    resume: bool = False
+    progress: bool = True
+    log: MetricsLog | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+    """Results of the phases finished so far, by phase key (later phases may read them)."""
+
+
+class Phase(Protocol):
+    name: str
+    key: str
+
+    def run(self, ctx: RunContext) -> dict[str, Any]: ...
+
+
+def phase_registry() -> dict[str, type]:
+    """Every phase ``pdclm run`` knows, by name, in the order they run."""
+    from pdclm.train.pretrain import Pretrain
+
+    return {cls.name: cls for cls in (Pretrain,)}
+
+
+def new_run_dir(out: str | None) -> Path:
+    return Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def run_phases(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    only: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run the configured phases (or ``only`` those) and write the report. Returns report.json."""
+    from pdclm.eval.report import write_report
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.json"
+    if resume and config_path.exists():
+        saved = json.loads(config_path.read_text())
+        if saved.get("model") != to_dict(cfg.model) or saved.get("pse", {}).get(
+            "encoder"
+        ) != to_dict(cfg.pse.encoder):
+            raise ValueError(
+                f"{run_dir} was started with a different model config; resume it with the same "
+                "--preset and overrides (see its config.json)"
+            )
+    write_json_atomic(config_path, to_dict(cfg))
+    ctx = RunContext(cfg, run_dir, resume=resume, progress=progress, log=MetricsLog(run_dir))
+    registry = phase_registry()
+    done_dir = run_dir / "phases"
+    done_dir.mkdir(exist_ok=True)
+    started = time.time()
+    try:
+        for name in only or cfg.phases:
+            phase = registry[name]()
+            marker = done_dir / f"{name}.json"
+            if resume and marker.exists():
+                ctx.results[phase.key] = json.loads(marker.read_text())
+                continue
+            t0 = time.time()
+            result = phase.run(ctx)
+            result["seconds"] = round(time.time() - t0, 1)
+            ctx.results[phase.key] = result
+            write_json_atomic(marker, result)
+    finally:
+        ctx.log.close()
+    return write_report(run_dir, cfg, ctx.results, seconds=time.time() - started)

@@ -1,0 +1,226 @@
+"""The one training loop every phase shares.
+
+A phase supplies a model, a ``sample(index)`` function that returns the batch with that
+index (batches depend only on their index, which is what makes resume exact) and a
+``loss_fn(model, batch) -> (loss, metrics)``. The loop owns the rest: AdamW, warmup + cosine
+schedule, bf16 autocast, gradient accumulation and clipping, periodic validation, atomic
+checkpoints, exact resume, a guard against non-finite losses, metrics and a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pdclm.config import TrainConfig
+from pdclm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+Batch = tuple[Tensor, ...]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN/inf; raised before anything poisoned is written."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def lr_factor(step: int, cfg: TrainConfig, total: int) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio``."""
+    if cfg.warmup and step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; matrices decay, vectors (norms, biases) do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (one JSON object per record) plus TensorBoard events in the run folder."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+
+    def write(self, phase: str, step: int, metrics: dict[str, float]) -> None:
+        record = {"phase": phase, "step": step, "time": time.time(), **metrics}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(f"{phase}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+@dataclass
+class Trainer:
+    name: str
+    model: nn.Module
+    cfg: TrainConfig
+    out_dir: Path
+    sample: Callable[[int], Batch]
+    loss_fn: Callable[[nn.Module, Batch], tuple[Tensor, dict[str, float]]]
+    log: MetricsLog | None = None
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    max_seconds: float | None = None
+    """Stop early at this wall-clock budget (benchmarks); the schedule still assumes cfg.steps."""
+    checkpoints: bool = True
+    progress: bool = True
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.device = resolve_device(self.cfg.device)
+        self.model.to(self.device)
+        self.optimizer = make_optimizer(self.model, self.cfg)
+        self.ckpt_dir = self.out_dir / "ckpt"
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return tuple(t.to(self.device, non_blocking=True) if t is not None else None for t in batch)
+
+    def run_eval(self, step: int) -> dict[str, float]:
+        if self.evaluate is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            metrics = {f"val_{k}": v for k, v in self.evaluate(self.model).items()}
+        self.model.train()
+        if self.log:
+            self.log.write(self.name, step, metrics)
+        self.history.append({"step": step, **metrics})
+        return metrics
+
+    def fit(self, resume: bool = True) -> dict[str, Any]:
+        """Train to ``cfg.steps`` (resuming from the newest checkpoint if there is one)."""
+        cfg, model = self.cfg, self.model
+        step = 0
+        last = latest_checkpoint(self.ckpt_dir) if resume else None
+        if last is not None:
+            meta = load_checkpoint(last, model, self.optimizer)
+            step = meta["step"]
+            self.history = meta["extra"].get("history", [])
+        model.train()
+        symbols_seen, train_time, metrics = 0, 0.0, {}
+        if step == 0:
+            self.run_eval(0)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=step,
+            desc=self.name,
+            disable=not self.progress,
+            dynamic_ncols=True,
+            leave=True,
+        )
+        budget_start = time.perf_counter()
+        while step < cfg.steps:
+            if (
+                self.max_seconds is not None
+                and time.perf_counter() - budget_start > self.max_seconds
+            ):
+                break
+            t0 = time.perf_counter()
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.lr * group.get("lr_scale", 1.0) * lr_factor(step, cfg, cfg.steps)
+            loss_sum, metric_sums = 0.0, {}
+            for micro in range(cfg.grad_accum):
+                batch = self._to_device(self.sample(step * cfg.grad_accum + micro))
+                with self._autocast():
+                    loss, m = self.loss_fn(model, batch)
+                if not torch.isfinite(loss):
+                    self._stop_non_finite(step, f"loss is {loss.item()}")
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.item() / cfg.grad_accum
+                symbols_seen += batch[0].numel()
+                for k, v in m.items():
+                    metric_sums[k] = metric_sums.get(k, 0.0) + v / cfg.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if not torch.isfinite(grad_norm):
+                self._stop_non_finite(step, f"gradient norm is {grad_norm.item()}")
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            step += 1
+            train_time += time.perf_counter() - t0
+            metrics = {
+                "loss": loss_sum,
+                **metric_sums,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "grad_norm": float(grad_norm),
+                "bytes_per_s": symbols_seen / train_time,
+            }
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                if self.log:
+                    self.log.write(self.name, step, metrics)
+                bar.set_postfix(
+                    loss=f"{loss_sum:.3f}",
+                    bpb=f"{metric_sums.get('bpb', 0):.3f}",
+                    bytes_s=f"{metrics['bytes_per_s']:.0f}",
+                    refresh=False,
+                )
+            bar.update(1)
+            if step % cfg.eval_every == 0 and step < cfg.steps:
+                self.run_eval(step)
+            if self.checkpoints and step % cfg.ckpt_every == 0 and step < cfg.steps:
+                self._save(step)
+        bar.close()
+        final = self.run_eval(step)
+        if self.checkpoints:
+            self._save(step)
+        return {
+            "steps": step,
+            "train_seconds": train_time,
+            **metrics,
+            **final,
+            "history": self.history,
+        }
+
+    def _save(self, step: int) -> None:
+        save_checkpoint(
+            self.ckpt_dir,
+            step,
+            self.model,
+            self.optimizer,
+            {"history": self.history, "phase": self.name},
+            keep=self.cfg.keep_ckpts,
+        )
+
+    def _stop_non_finite(self, step: int, what: str) -> None:
+        last = latest_checkpoint(self.ckpt_dir)
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+        raise NonFiniteLossError(
+            f"{self.name}: {what} at step {step}; stopped before writing anything from this step "
+            f"({where}). Try a lower train.lr or train.bf16=false, then resume with --resume."
+        )

@@ -1,0 +1,39 @@
+"""Objectives and evaluations the phases plug into the shared loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pdclm.model.pdclm import next_symbol_loss
+
+
+def lm_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:
+    """Next-symbol loss for any model whose forward maps (tokens[, entropy]) to logits."""
+    loss, bpb = next_symbol_loss(model(*batch), batch[0][:, 1:])
+    return loss, {"bpb": float(bpb.detach())}
+
+
+def causal_lm_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:
+    """Next-symbol loss for a plain causal model that maps N inputs to N sets of logits."""
+    tokens = batch[0]
+    loss, bpb = next_symbol_loss(model(tokens[:, :-1]), tokens[:, 1:])
+    return loss, {"bpb": float(bpb.detach())}
+
+
+Objective = Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, dict[str, float]]]
+
+
+def mean_bpb(
+    batches: list[tuple[Tensor, ...]], device: torch.device, loss_fn: Objective = lm_loss
+) -> Callable[[nn.Module], dict]:
+    """An ``evaluate`` function: mean bits per byte over fixed held-out batches."""
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        vals = [loss_fn(model, tuple(t.to(device) for t in b))[1]["bpb"] for b in batches]
+        return {"bpb": float(np.mean(vals))}
+
+    return evaluate

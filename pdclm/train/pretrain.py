@@ -1,0 +1,210 @@
+"""Phase 1, continuous stream pretraining.
+
+1. ingest the corpus into byte shards (``pdclm prepare``; reused if already there);
+2. train the PSE entropy model, then freeze it;
+3. store its bit-entropy profile beside every shard;
+4. calibrate the patch threshold on held-out bytes to the target mean patch length;
+5. train PD-CLM on next-byte prediction, validating in bits per byte.
+Every step runs through the shared :class:`~pdclm.train.loop.Trainer` and resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pdclm.config import Config
+from pdclm.data.ingest import prepare
+from pdclm.data.shards import BatchSampler, ShardSet, write_profiles
+from pdclm.model.io import save_model
+from pdclm.model.pdclm import PDCLM
+from pdclm.pipeline import RunContext
+from pdclm.pse.entropy import EntropyModel, profile_long
+from pdclm.pse.patcher import calibrate, mean_patch_length, patch_ids
+from pdclm.train.loop import Trainer, resolve_device
+from pdclm.train.objectives import causal_lm_loss, lm_loss, mean_bpb
+
+
+def as_batch(tokens: np.ndarray, entropy: np.ndarray | None) -> tuple[Tensor, ...]:
+    t = torch.from_numpy(tokens)
+    return (t,) if entropy is None else (t, torch.from_numpy(entropy))
+
+
+def weights_tag(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def train_entropy_model(
+    ctx: RunContext, train: ShardSet, val: ShardSet
+) -> tuple[EntropyModel, dict]:
+    cfg = ctx.cfg
+    ecfg = cfg.pse.entropy
+    tcfg = dataclasses.replace(
+        cfg.train,
+        steps=ecfg.steps,
+        batch=ecfg.batch,
+        lr=ecfg.lr,
+        seq_len=ecfg.context,
+        grad_accum=1,
+        warmup=min(cfg.train.warmup, ecfg.steps // 10),
+        eval_every=max(1, ecfg.steps // 4),
+        ckpt_every=max(1, ecfg.steps // 2),
+    )
+    model = EntropyModel(ecfg, cfg.model.mlp_ratio)
+    sampler = BatchSampler(train, ecfg.context, ecfg.batch, cfg.train.seed)
+    val_batches = [
+        as_batch(*b)
+        for b in BatchSampler(val, ecfg.context, ecfg.batch, 1).fixed_batches(
+            cfg.train.eval_batches
+        )
+    ]
+    trainer = Trainer(
+        "entropy",
+        model,
+        tcfg,
+        ctx.run_dir / "entropy",
+        sample=lambda i: as_batch(*sampler.batch(i)),
+        loss_fn=causal_lm_loss,
+        log=ctx.log,
+        evaluate=mean_bpb(val_batches, resolve_device(tcfg.device), causal_lm_loss),
+        progress=ctx.progress,
+    )
+    result = trainer.fit(resume=ctx.resume)
+    model.eval().cpu()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, {
+        "params": sum(p.numel() for p in model.parameters()),
+        "steps": result["steps"],
+        "val_bpb": result.get("val_bpb"),
+    }
+
+
+def calibration_sample(val: ShardSet, cfg: Config, tag: str) -> tuple[Tensor, Tensor]:
+    n = max(1, cfg.pse.patcher.calibration_bytes // cfg.train.seq_len)
+    toks, ents = [], []
+    for tokens, entropy in BatchSampler(val, cfg.train.seq_len, 1, 2, tag).fixed_batches(n):
+        toks.append(tokens)
+        ents.append(entropy)
+    return torch.from_numpy(np.concatenate(toks)), torch.from_numpy(np.concatenate(ents))
+
+
+def patch_stats(starts: Tensor) -> dict[str, Any]:
+    lengths = torch.diff(torch.nonzero(starts.flatten()).flatten()).float()
+    hist = torch.bincount(lengths.long()).tolist()
+    return {
+        "mean_len": mean_patch_length(starts),
+        "median_len": float(lengths.median()),
+        "max_len": int(lengths.max()),
+        "length_hist": hist,
+    }
+
+
+class Pretrain:
+    name = "pretrain"
+    key = "phase1"
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        cfg, run_dir = ctx.cfg, ctx.run_dir
+        device = resolve_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        manifest = prepare(cfg.data, progress=ctx.progress)
+        train, val = ShardSet.open(cfg.data.dir, "train"), ShardSet.open(cfg.data.dir, "val")
+
+        entropy, entropy_info = train_entropy_model(ctx, train, val)
+        tag = weights_tag(entropy)
+        write_profiles(
+            cfg.data.dir,
+            tag,
+            lambda s: profile_long(entropy, torch.from_numpy(s.astype(np.int64))).numpy(),
+            progress=ctx.progress,
+        )
+
+        cal_tokens, cal_entropy = calibration_sample(val, cfg, tag)
+        cfg.pse.patcher.threshold = calibrate(cal_tokens, cal_entropy, cfg.pse.patcher)
+
+        model = PDCLM(cfg.pse, cfg.model)
+        model.entropy.load_state_dict(entropy.state_dict())
+        train_sampler = BatchSampler(train, cfg.train.seq_len, cfg.train.batch, cfg.train.seed, tag)
+        val_batches = [
+            as_batch(*b)
+            for b in BatchSampler(val, cfg.train.seq_len, cfg.train.batch, 1, tag).fixed_batches(
+                cfg.train.eval_batches
+            )
+        ]
+        trainer = Trainer(
+            "pretrain",
+            model,
+            cfg.train,
+            run_dir / "pretrain",
+            sample=lambda i: as_batch(*train_sampler.batch(i)),
+            loss_fn=lm_loss,
+            log=ctx.log,
+            evaluate=mean_bpb(val_batches, device),
+            progress=ctx.progress,
+        )
+        result = trainer.fit(resume=ctx.resume)
+        model.eval().cpu()
+        save_model(model, cfg, run_dir / "model")
+
+        starts = model.patch(cal_tokens, cal_entropy)
+        history = result.pop("history")
+        plots = self.plots(model, cal_tokens, cal_entropy, starts, run_dir)
+        return {
+            "data": {
+                "train_bytes": train.n_bytes,
+                "val_bytes": val.n_bytes,
+                "train_docs": manifest["totals"]["train"]["docs"],
+                "val_docs": manifest["totals"]["val"]["docs"],
+                "sources": cfg.data.sources,
+            },
+            "entropy_model": entropy_info,
+            "patcher": {
+                "rule": cfg.pse.patcher.rule,
+                "threshold": cfg.pse.patcher.threshold,
+                "target_mean": cfg.pse.patcher.target_mean,
+                **patch_stats(starts),
+            },
+            "model": {
+                "params": model.num_params(),
+                "params_with_entropy": model.num_params(False),
+                "latent_params": sum(p.numel() for p in model.latent.parameters()),
+            },
+            "train": {
+                "steps": result["steps"],
+                "seconds": round(result["train_seconds"], 1),
+                "bytes_per_s": round(result.get("bytes_per_s", 0.0), 1),
+                "final_loss": result.get("loss"),
+            },
+            "val_bpb_initial": history[0]["val_bpb"] if history else None,
+            "val_bpb": result["val_bpb"],
+            "val_history": history,
+            "plots": plots,
+        }
+
+    @staticmethod
+    def plots(
+        model: PDCLM, tokens: Tensor, entropy: Tensor, starts: Tensor, run_dir: Path
+    ) -> list[str]:
+        from pdclm.pse.viz import plot_patch_lengths, plot_profile
+
+        plot_profile(
+            tokens[0, :160],
+            entropy[0, :160],
+            starts[0, :160],
+            run_dir / "phase1_entropy_profile.png",
+            model.pse_cfg.patcher,
+        )
+        plot_patch_lengths(patch_ids(starts), run_dir / "phase1_patch_lengths.png")
+        return ["phase1_entropy_profile.png", "phase1_patch_lengths.png"]

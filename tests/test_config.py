@@ -1,0 +1,67 @@
+"""Config: presets load, overrides apply, unknown keys and bad values give clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from pdclm.cli import parse
+from pdclm.config import ConfigError, from_dict, load_preset
+
+
+@pytest.mark.parametrize("name", ["tiny", "cpu", "gpu"])
+def test_presets_load_and_validate(name):
+    cfg = load_preset(name)
+    assert cfg.preset == name
+
+
+def test_dotted_overrides_apply_on_top_of_the_preset():
+    _, args = parse(
+        [
+            "run",
+            "--preset",
+            "tiny",
+            "--model.latent.layers=6",
+            "--train.steps",
+            "7",
+            "--pse.encoder.ngrams",
+            "3",
+            "4",
+        ]
+    )
+    assert args.config.model.latent.layers == 6
+    assert args.config.train.steps == 7
+    assert args.config.pse.encoder.ngrams == (3, 4)
+    assert args.config.model.latent.dim == load_preset("tiny").model.latent.dim
+
+
+def test_unknown_override_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        parse(["run", "--preset", "tiny", "--model.latent.layerz=6"])
+    assert "layerz" in capsys.readouterr().err
+
+
+def test_unknown_key_in_a_preset_file_names_the_key(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("[model.latent]\nlayerz = 3\n")
+    with pytest.raises(ConfigError, match=r"model\.latent\.layerz"):
+        load_preset(str(f))
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"train": {"lr": -1.0}}, "train.lr"),
+        ({"pse": {"patcher": {"rule": "magic"}}}, "pse.patcher.rule"),
+        ({"model": {"latent": {"dim": 100, "heads": 3}}}, "model.latent.dim"),
+        ({"train": {"steps": "many"}}, "train.steps"),
+        ({"phases": ["pretrain", "dream"]}, "dream"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_key(values, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(values)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="tiny"):
+        load_preset("nosuch")

@@ -1,0 +1,127 @@
+"""The model: causality through PSE + latent + decoder, cached generation = full forward."""
+
+from __future__ import annotations
+
+import torch
+
+from pdclm.config import Config
+from pdclm.eval.baselines import ByteTransformer, matched_byte_transformer
+from pdclm.model.pdclm import PDCLM, next_symbol_loss
+from pdclm.pse.entropy import EntropyModel, EntropyStream, profile_long
+from pdclm.vocab import BOS
+
+
+def small_model(max_len: int = 6, rule: str = "entropy_jump") -> PDCLM:
+    cfg = Config()
+    cfg.pse.entropy.dim, cfg.pse.entropy.context = 32, 16
+    cfg.pse.encoder.dim, cfg.pse.encoder.window, cfg.pse.encoder.buckets = 32, 8, 64
+    cfg.pse.encoder.heads = cfg.model.decoder.heads = 2
+    cfg.model.latent.dim, cfg.model.latent.layers = 64, 2
+    cfg.pse.patcher.max_len, cfg.pse.patcher.rule = max_len, rule
+    model = PDCLM(cfg.pse, cfg.model).eval()
+    with torch.no_grad():  # random but not tiny weights, so every path matters
+        for p in model.parameters():
+            p.normal_(0, 0.15)
+    model.threshold.fill_(0.01)
+    return model
+
+
+def random_tokens(n: int, batch: int = 2) -> torch.Tensor:
+    t = torch.randint(0, 256, (batch, n))
+    t[:, 0] = BOS
+    t[:, 17] = ord("\n")
+    return t
+
+
+def test_changing_a_byte_never_changes_earlier_outputs():
+    model = small_model()
+    tokens = random_tokens(90)
+    with torch.no_grad():
+        base = model(tokens)
+        for t in (5, 30, 60, 88):
+            changed = tokens.clone()
+            changed[:, t] = (changed[:, t] + 97) % 256
+            out = model(changed)
+            # logits index j predicts symbol j+1: outputs up to predicting symbol t are unchanged
+            assert torch.equal(out[:, :t], base[:, :t]), f"future byte {t} leaked"
+            assert not torch.allclose(out[:, t:], base[:, t:]), "the change had no effect at all"
+
+
+def test_patching_is_real_and_varies():
+    model = small_model()
+    starts = model.patch(random_tokens(200))
+    n = int(starts.sum())
+    assert 200 * 2 / 6 < n < 200 * 2, "patches should be longer than one byte and capped"
+
+
+def test_cached_generation_equals_full_forward():
+    for rule in ("entropy_jump", "global", "whitespace", "stride"):
+        model = small_model(rule=rule)
+        tokens = random_tokens(70, batch=1)
+        with torch.no_grad():
+            full = model(tokens)[0]
+            stream = model.start_stream()
+            steps = torch.stack([stream.push(int(t)) for t in tokens[0, :-1]])
+        assert stream.starts[:70] == model.patch(tokens)[0].tolist()
+        torch.testing.assert_close(steps, full, atol=2e-4, rtol=1e-4)
+
+
+def test_generate_streams_and_stops():
+    model = small_model()
+    out = list(
+        model.generate(
+            [BOS, 65, 66], max_new=30, temperature=1.0, generator=torch.Generator().manual_seed(0)
+        )
+    )
+    assert len(out) == 30 and all(0 <= s < 264 for s in out)
+    greedy = list(model.generate([BOS, 65], max_new=5, temperature=0))
+    assert greedy == list(model.generate([BOS, 65], max_new=5, temperature=0))
+
+
+def test_entropy_profile_windows_stream_and_segments_agree():
+    cfg = Config().pse.entropy
+    cfg.context, cfg.dim = 16, 32
+    model = EntropyModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    x = torch.randint(0, 256, (1, 150))
+    full = model.profile(x)[0]
+    assert full[0] == 0 and (full[1:] > 0).all()
+    torch.testing.assert_close(profile_long(model, x[0], segment=24), full)
+    stream = EntropyStream(model)
+    torch.testing.assert_close(
+        torch.tensor([stream.push(int(t)) for t in x[0, :-1]]), full[1:], atol=1e-4, rtol=1e-4
+    )
+    # the window is what it was trained with: a prefix's profile never changes
+    torch.testing.assert_close(model.profile(x[:, :70])[0], full[:70])
+
+
+def test_overfit_one_batch():
+    model = small_model()
+    for p in model.parameters():
+        if p.requires_grad and p.dim() >= 2:
+            torch.nn.init.normal_(p, 0, 0.02)
+    model.train()
+    tokens = random_tokens(64, batch=2)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss, _ = next_symbol_loss(model(tokens), tokens[:, 1:])
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 5.0 and loss.item() < 0.3, (first, loss.item())
+
+
+def test_byte_baseline_is_causal_and_matches_size():
+    base = ByteTransformer(32, 2, 2).eval()
+    x = random_tokens(40)
+    y = x.clone()
+    y[:, 20] = (y[:, 20] + 1) % 256
+    with torch.no_grad():
+        assert torch.equal(base(x)[:, :20], base(y)[:, :20])
+    m = matched_byte_transformer(500_000, 64, 2, 8 / 3)
+    per_layer = sum(p.numel() for p in m.stack.blocks[0].parameters())
+    assert abs(m.num_params() - 500_000) <= per_layer

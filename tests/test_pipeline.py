@@ -1,0 +1,169 @@
+"""End to end through the CLI a user runs: tiny `pdclm run`, resume, pse, generate, eval, bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pdclm.cli import main
+
+
+def common(tmp_path: Path, corpus: Path) -> list[str]:
+    return [
+        "--preset",
+        "tiny",
+        "--data.dir",
+        str(tmp_path / "data"),
+        "--data.sources",
+        str(corpus),
+        "--no-progress",
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, corpus) -> Path:
+    tmp = tmp_path_factory.mktemp("run")
+    out = tmp / "run"
+    assert (
+        main(
+            [
+                "run",
+                *common(tmp, corpus),
+                "--out",
+                str(out),
+                "--train.steps",
+                "60",
+                "--json",
+                str(tmp / "run.json"),
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_run_leaves_a_complete_run_folder(tiny_run: Path):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "report.md",
+        "report.json",
+        "curves.png",
+        "phase1_entropy_profile.png",
+        "phase1_patch_lengths.png",
+        "model/model.safetensors",
+        "model/config.json",
+    ):
+        assert (tiny_run / name).exists(), name
+    assert list((tiny_run / "tb").iterdir()), "no TensorBoard events"
+    report = json.loads((tiny_run / "report.json").read_text())
+    p1 = report["phase1"]
+    assert p1["val_bpb"] < p1["val_bpb_initial"] - 0.5, "validation bits per byte did not drop"
+    assert 2.5 < p1["patcher"]["mean_len"] < 7.0
+    md = (tiny_run / "report.md").read_text()
+    assert f"{p1['val_bpb']:.4g}" in md  # every report.json figure is in report.md
+
+
+def test_resuming_a_finished_run_redoes_nothing(tiny_run: Path, tmp_path, corpus):
+    before = (tiny_run / "phases" / "pretrain.json").read_text()
+    assert main(["run", *common(tiny_run.parent, corpus), "--resume", str(tiny_run)]) == 0
+    assert (tiny_run / "phases" / "pretrain.json").read_text() == before
+
+
+def test_pse_generate_eval_on_the_trained_model(tiny_run: Path, tmp_path, capsys):
+    plot = tmp_path / "p.png"
+    assert (
+        main(
+            [
+                "pse",
+                "def f(x):\n    return x",
+                "--ckpt",
+                str(tiny_run),
+                "--plot",
+                str(plot),
+                "--json",
+                str(tmp_path / "pse.json"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "patches" in out and plot.stat().st_size > 1000
+    pse = json.loads((tmp_path / "pse.json").read_text())
+    assert (
+        "".join(pse["patches"]).replace("␣", " ").replace("\\n", "\n") == "def f(x):\n    return x"
+    )
+    assert (
+        main(
+            [
+                "generate",
+                "def ",
+                "--ckpt",
+                str(tiny_run),
+                "--max-bytes",
+                "40",
+                "--json",
+                str(tmp_path / "gen.json"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "gen.json").read_text())["prompt"] == "def "
+    assert main(["eval", "--ckpt", str(tiny_run), "--json", str(tmp_path / "ev.json")]) == 0
+    assert json.loads((tmp_path / "ev.json").read_text())["val_bpb"] < 8
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, corpus, capsys):
+    missing = tmp_path / "nope"
+    assert (
+        main(
+            [
+                "prepare",
+                "--preset",
+                "tiny",
+                "--data.sources",
+                str(missing),
+                "--data.dir",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 2
+    )
+    assert str(missing) in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (
+        main(
+            [
+                "prepare",
+                "--preset",
+                "tiny",
+                "--data.sources",
+                str(empty),
+                "--data.dir",
+                str(tmp_path / "d2"),
+            ]
+        )
+        == 2
+    )
+    assert str(empty) in capsys.readouterr().err
+    assert main(["generate", "x", "--ckpt", str(tmp_path)]) == 2
+    assert "holds no model" in capsys.readouterr().err
+    assert main(["nosuch"]) == 2
+
+
+def test_a_corrupt_checkpoint_stops_resume_with_a_clear_error(
+    tiny_run: Path, tmp_path, corpus, capsys
+):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "phases")  # pretend the phase did not finish
+    ckpt = sorted((run / "pretrain" / "ckpt").iterdir())[-1]
+    (ckpt / "model.safetensors").write_bytes(b"garbage")
+    assert main(["run", *common(tiny_run.parent, corpus), "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt" in err and str(ckpt) in err
