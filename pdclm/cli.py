@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from pdclm.config import Config, ConfigError, load_preset, validate
+from pdclm.config import Config, ConfigError, load_preset, resolve, validate
 
 DEFAULT_PRESET = "cpu"
 
@@ -136,6 +136,7 @@ def parse(argv: list[str]) -> tuple[str, Common]:
         description=cls.__doc__,
     )
     validate(args.config)
+    resolve(args.config)
     return name, args
 
 

@@ -28,8 +28,8 @@ class DataConfig:
 
     sources: list[str] = field(default_factory=lambda: ["stdlib"])
     """Files, folders, globs, ``.jsonl`` files or ``-`` (stdin); ``stdlib``: the built-in corpus."""
-    dir: str = "data/stdlib"
-    """Shard folder (a cache: preparing into an existing folder resumes or reuses it)."""
+    dir: str = ""
+    """Shard folder, a cache reused by later runs; empty = ``data/<source>-<settings hash>``."""
     jsonl_field: str = "text"
     """Text field read from each ``.jsonl`` line."""
     max_bytes: int = 0
@@ -241,6 +241,17 @@ def load_preset(name_or_path: str) -> Config:
         return from_dict(values)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill values derived from others (the default shard folder); call after overrides."""
+    if not cfg.data.dir:
+        from pdclm.data.ingest import fingerprint
+
+        first = Path(cfg.data.sources[0]).stem if cfg.data.sources else "data"
+        slug = "".join(c if c.isalnum() else "-" for c in first)[:24] or "stdin"
+        cfg.data.dir = str(Path("data") / f"{slug}-{fingerprint(cfg.data)[:10]}")
+    return cfg
 
 
 def validate(cfg: Config) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pdclm.config import Config, to_dict
+from pdclm.config import Config, resolve, to_dict
 from pdclm.train.checkpoint import write_json_atomic
 from pdclm.train.loop import MetricsLog
 
@@ -59,6 +59,7 @@ def run_phases(
     """Run the configured phases (or ``only`` those) and write the report. Returns report.json."""
     from pdclm.eval.report import write_report
 
+    resolve(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.json"
     if resume and config_path.exists():

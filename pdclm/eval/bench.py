@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -32,15 +31,20 @@ def non_embedding_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad) - emb
 
 
-def matmul_flops(bf16: bool, seconds: float = 1.5, n: int = 1024) -> float:
-    """Sustained FLOP/s of a square matmul at this precision on this machine."""
+def matmul_flops(bf16: bool, device: torch.device, seconds: float = 1.5) -> float:
+    """Sustained FLOP/s of a square matmul at this precision on this device."""
+    n = 8192 if device.type == "cuda" else 1024
     dtype = torch.bfloat16 if bf16 else torch.float32
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     a @ b
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         reps += 1
+        sync()
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
@@ -49,7 +53,8 @@ def step_flops(model: nn.Module, batch: tuple[torch.Tensor, ...], loss_fn, bf16:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    device = next(model.parameters()).device
+    with counter, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         loss, _ = loss_fn(model, batch)
         loss.backward()
     model.zero_grad(set_to_none=True)
@@ -61,7 +66,7 @@ def _train_one(kind: str, cfg: Config, tag: str, seconds: float, out_dir: str, q
     from pdclm.data.shards import BatchSampler, ShardSet
     from pdclm.eval.baselines import matched_byte_transformer
     from pdclm.model.io import load_model
-    from pdclm.train.loop import Trainer
+    from pdclm.train.loop import Trainer, resolve_device
     from pdclm.train.objectives import lm_loss, mean_bpb
     from pdclm.train.pretrain import as_batch
 
@@ -89,11 +94,15 @@ def _train_one(kind: str, cfg: Config, tag: str, seconds: float, out_dir: str, q
             cfg.train.eval_batches
         )
     ]
-    flops = step_flops(model, as_batch(*sampler.batch(0)), lm_loss, cfg.train.bf16)
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    flops = step_flops(
+        model, tuple(t.to(device) for t in as_batch(*sampler.batch(0))), lm_loss, cfg.train.bf16
+    )
 
     # size the cosine schedule to the budget from a short timing of a few steps
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
-    probe = dataclasses.replace(cfg.train, steps=3, warmup=0, device="cpu")
+    probe = dataclasses.replace(cfg.train, steps=3, warmup=0)
     t0 = time.perf_counter()
     Trainer(
         f"{kind}-probe",
@@ -113,7 +122,6 @@ def _train_one(kind: str, cfg: Config, tag: str, seconds: float, out_dir: str, q
         steps=steps,
         warmup=min(cfg.train.warmup, steps // 10),
         eval_every=max(1, steps // 6),
-        device="cpu",
     )
     trainer = Trainer(
         kind,
@@ -122,7 +130,7 @@ def _train_one(kind: str, cfg: Config, tag: str, seconds: float, out_dir: str, q
         Path(out_dir) / kind,
         lambda i: as_batch(*sampler.batch(i)),
         lm_loss,
-        evaluate=mean_bpb(val_batches, torch.device("cpu")),
+        evaluate=mean_bpb(val_batches, device),
         max_seconds=seconds,
         checkpoints=False,
         progress=True,
@@ -143,6 +151,9 @@ def _train_one(kind: str, cfg: Config, tag: str, seconds: float, out_dir: str, q
             "flops_per_s": flops * result["steps"] / result["train_seconds"],
             "flops_per_byte": flops / symbols_per_step,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20
+            if device.type == "cuda"
+            else 0.0,
             "wall_seconds": wall,
             "curve": [(h["step"], h["val_bpb"]) for h in result["history"]],
             "seconds_per_step": result["train_seconds"] / max(1, result["steps"]),
@@ -150,41 +161,20 @@ def _train_one(kind: str, cfg: Config, tag: str, seconds: float, out_dir: str, q
     )
 
 
-def prepare_pse(cfg: Config, out_dir: Path) -> tuple[str, float]:
-    """Data + entropy model + profiles + calibration, via Phase 1's own code; returns the tag."""
-    from pdclm.data.ingest import prepare
-    from pdclm.data.shards import ShardSet, write_profiles
-    from pdclm.model.io import save_model
-    from pdclm.model.pdclm import PDCLM
-    from pdclm.pipeline import RunContext
-    from pdclm.pse.entropy import profile_long
-    from pdclm.pse.patcher import calibrate
-    from pdclm.train.pretrain import calibration_sample, train_entropy_model, weights_tag
-
-    t0 = time.perf_counter()
-    prepare(cfg.data)
-    train, val = ShardSet.open(cfg.data.dir, "train"), ShardSet.open(cfg.data.dir, "val")
-    ctx = RunContext(cfg, out_dir)
-    entropy, _ = train_entropy_model(ctx, train, val)
-    tag = weights_tag(entropy)
-    write_profiles(
-        cfg.data.dir,
-        tag,
-        lambda s: profile_long(entropy, torch.from_numpy(s.astype(np.int64))).numpy(),
-    )
-    cfg.pse.patcher.threshold = calibrate(*calibration_sample(val, cfg, tag), cfg.pse.patcher)
-    torch.manual_seed(cfg.train.seed)
-    model = PDCLM(cfg.pse, cfg.model)
-    model.entropy.load_state_dict(entropy.state_dict())
-    save_model(model, cfg, out_dir / "pse")
-    return tag, time.perf_counter() - t0
-
-
 def bench_pretrain(cfg: Config, out: Path | None = None) -> dict[str, Any]:
     out_dir = out or Path("runs") / f"bench-pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag, pse_seconds = prepare_pse(cfg, out_dir)
-    peak = matmul_flops(cfg.train.bf16)
+    from pdclm.model.io import save_model
+    from pdclm.pipeline import RunContext
+    from pdclm.train.pretrain import prepare_pse
+
+    t0 = time.perf_counter()
+    pse = prepare_pse(RunContext(cfg, out_dir))
+    save_model(pse.model, cfg, out_dir / "pse")
+    tag, pse_seconds = pse.tag, time.perf_counter() - t0
+    from pdclm.train.loop import resolve_device
+
+    peak = matmul_flops(cfg.train.bf16, resolve_device(cfg.train.device))
     ctx = mp.get_context("spawn")
     rows = {}
     for kind in ("pdclm", "byte"):

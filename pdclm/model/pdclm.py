@@ -81,7 +81,9 @@ class PDCLM(nn.Module):
         inputs = tokens[:, :-1]
         pid = patch_ids(self.patch(tokens, entropy))  # (B, N) patch of every position
         in_pid = pid[:, :-1]
-        n_patches = int(in_pid.max()) + 1
+        n_patches = (
+            -(-(int(in_pid.max()) + 1) // 16) * 16
+        )  # few distinct shapes: less allocator churn
 
         h = self.encoder.hidden(inputs)  # (B, T, d)
         patches = self.encoder.pool(h, in_pid, n_patches)  # (B, P, d)

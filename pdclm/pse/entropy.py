@@ -47,7 +47,7 @@ class EntropyModel(nn.Module):
         return self.head(self.stack(self.embed(tokens), positions, caches=caches))
 
     @torch.no_grad()
-    def profile(self, tokens: Tensor, chunk: int = 256) -> Tensor:
+    def profile(self, tokens: Tensor, chunk: int = 32) -> Tensor:
         """Entropy in bits (B, N) of predicting symbol t from its window; position 0 gets 0."""
         B, N = tokens.shape
         W, S = self.context, self.context // 2

@@ -110,6 +110,50 @@ def patch_stats(starts: Tensor) -> dict[str, Any]:
     }
 
 
+@dataclasses.dataclass
+class PreparedPSE:
+    """Everything Phase 1 sets up before the LM trains: shards, frozen PSE, calibration."""
+
+    model: PDCLM
+    """A fresh PD-CLM holding the frozen entropy model and the calibrated threshold."""
+    tag: str
+    """Which entropy profile the shards carry (a hash of the entropy model's weights)."""
+    train: ShardSet
+    val: ShardSet
+    manifest: dict[str, Any]
+    entropy_info: dict[str, Any]
+    cal_tokens: Tensor
+    cal_entropy: Tensor
+
+
+def prepare_pse(ctx: RunContext) -> PreparedPSE:
+    """Ingest, train + freeze the entropy model, profile every shard, calibrate the patcher."""
+    cfg = ctx.cfg
+    device = resolve_device(cfg.train.device)
+    manifest = prepare(cfg.data, progress=ctx.progress)
+    train, val = ShardSet.open(cfg.data.dir, "train"), ShardSet.open(cfg.data.dir, "val")
+
+    entropy, entropy_info = train_entropy_model(ctx, train, val)
+    tag = weights_tag(entropy)
+    entropy.to(device)
+    write_profiles(
+        cfg.data.dir,
+        tag,
+        lambda s: (
+            profile_long(entropy, torch.from_numpy(s.astype(np.int64)).to(device)).cpu().numpy()
+        ),
+        progress=ctx.progress,
+    )
+    entropy.cpu()
+
+    cal_tokens, cal_entropy = calibration_sample(val, cfg, tag)
+    cfg.pse.patcher.threshold = calibrate(cal_tokens, cal_entropy, cfg.pse.patcher)
+    torch.manual_seed(cfg.train.seed)
+    model = PDCLM(cfg.pse, cfg.model)
+    model.entropy.load_state_dict(entropy.state_dict())
+    return PreparedPSE(model, tag, train, val, manifest, entropy_info, cal_tokens, cal_entropy)
+
+
 class Pretrain:
     name = "pretrain"
     key = "phase1"
@@ -119,23 +163,9 @@ class Pretrain:
         device = resolve_device(cfg.train.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        manifest = prepare(cfg.data, progress=ctx.progress)
-        train, val = ShardSet.open(cfg.data.dir, "train"), ShardSet.open(cfg.data.dir, "val")
-
-        entropy, entropy_info = train_entropy_model(ctx, train, val)
-        tag = weights_tag(entropy)
-        write_profiles(
-            cfg.data.dir,
-            tag,
-            lambda s: profile_long(entropy, torch.from_numpy(s.astype(np.int64))).numpy(),
-            progress=ctx.progress,
-        )
-
-        cal_tokens, cal_entropy = calibration_sample(val, cfg, tag)
-        cfg.pse.patcher.threshold = calibrate(cal_tokens, cal_entropy, cfg.pse.patcher)
-
-        model = PDCLM(cfg.pse, cfg.model)
-        model.entropy.load_state_dict(entropy.state_dict())
+        pse = prepare_pse(ctx)
+        model, tag, train, val = pse.model, pse.tag, pse.train, pse.val
+        cal_tokens, cal_entropy = pse.cal_tokens, pse.cal_entropy
         train_sampler = BatchSampler(train, cfg.train.seq_len, cfg.train.batch, cfg.train.seed, tag)
         val_batches = [
             as_batch(*b)
@@ -165,11 +195,11 @@ class Pretrain:
             "data": {
                 "train_bytes": train.n_bytes,
                 "val_bytes": val.n_bytes,
-                "train_docs": manifest["totals"]["train"]["docs"],
-                "val_docs": manifest["totals"]["val"]["docs"],
+                "train_docs": pse.manifest["totals"]["train"]["docs"],
+                "val_docs": pse.manifest["totals"]["val"]["docs"],
                 "sources": cfg.data.sources,
             },
-            "entropy_model": entropy_info,
+            "entropy_model": pse.entropy_info,
             "patcher": {
                 "rule": cfg.pse.patcher.rule,
                 "threshold": cfg.pse.patcher.threshold,
