@@ -115,39 +115,17 @@ def test_pse_generate_eval_on_the_trained_model(tiny_run: Path, tmp_path, capsys
     assert json.loads((tmp_path / "ev.json").read_text())["val_bpb"] < 8
 
 
-def test_bad_inputs_give_clear_errors(tmp_path, corpus, capsys):
+def test_bad_inputs_give_clear_errors(tmp_path, capsys):
+    def prepare(source: Path) -> int:
+        args = ["--data.sources", str(source), "--data.dir", str(tmp_path / source.name / "d")]
+        return main(["prepare", "--preset", "tiny", *args])
+
     missing = tmp_path / "nope"
-    assert (
-        main(
-            [
-                "prepare",
-                "--preset",
-                "tiny",
-                "--data.sources",
-                str(missing),
-                "--data.dir",
-                str(tmp_path / "d"),
-            ]
-        )
-        == 2
-    )
+    assert prepare(missing) == 2
     assert str(missing) in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert (
-        main(
-            [
-                "prepare",
-                "--preset",
-                "tiny",
-                "--data.sources",
-                str(empty),
-                "--data.dir",
-                str(tmp_path / "d2"),
-            ]
-        )
-        == 2
-    )
+    assert prepare(empty) == 2
     assert str(empty) in capsys.readouterr().err
     assert main(["generate", "x", "--ckpt", str(tmp_path)]) == 2
     assert "holds no model" in capsys.readouterr().err
@@ -167,3 +145,59 @@ def test_a_corrupt_checkpoint_stops_resume_with_a_clear_error(
     assert main(["run", *common(tiny_run.parent, corpus), "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert "corrupt" in err and str(ckpt) in err
+
+
+def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, corpus, monkeypatch):
+    from safetensors.torch import load_file
+
+    from pdclm.data.shards import BatchSampler
+
+    args = [*common(tmp_path, corpus), "--train.steps", "30"]
+    assert main(["run", *args, "--out", str(tmp_path / "straight")]) == 0
+
+    real_batch = BatchSampler.batch
+
+    def dies_at_step_20(self, step):
+        if self.seq_len == 128 and step == 20:  # the LM's sampler (the entropy model's is 64)
+            raise KeyboardInterrupt
+        return real_batch(self, step)
+
+    monkeypatch.setattr(BatchSampler, "batch", dies_at_step_20)
+    assert main(["run", *args, "--out", str(tmp_path / "killed")]) == 130
+    assert not (tmp_path / "killed" / "model").exists()
+    monkeypatch.setattr(BatchSampler, "batch", real_batch)
+    assert main(["run", *args, "--resume", str(tmp_path / "killed")]) == 0
+
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), f"{k} differs between the resumed and the straight run"
+
+
+def test_bench_pretrain_runs_end_to_end_with_every_field(tmp_path, corpus):
+    out = tmp_path / "bench.json"
+    assert (
+        main(
+            [
+                "bench",
+                "pretrain",
+                *common(tmp_path, corpus)[:-1],
+                "--bench.seconds",
+                "2",
+                "--out",
+                str(tmp_path / "b"),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    for name in ("pdclm", "byte"):
+        row = result["models"][name]
+        for field in ("val_bpb", "bytes_per_s", "peak_rss_mb", "flops_per_s", "mfu", "params"):
+            assert row[field] > 0, (name, field)
+        assert row["val_bpb"] < 8.5
+    assert set(result["ratios"]) >= {"bytes_per_s", "val_bpb", "peak_rss"}
+    assert (tmp_path / "b" / "bench_pretrain.png").exists()

@@ -102,21 +102,20 @@ def _train_one(kind: str, cfg: Config, tag: str, seconds: float, out_dir: str, q
 
     # size the cosine schedule to the budget from a short timing of a few steps
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
-    probe = dataclasses.replace(cfg.train, steps=3, warmup=0)
-    t0 = time.perf_counter()
-    Trainer(
+    probe = Trainer(
         f"{kind}-probe",
         model,
-        probe,
+        dataclasses.replace(cfg.train, steps=6, warmup=0),
         Path(out_dir) / kind,
         lambda i: as_batch(*sampler.batch(i)),
         lm_loss,
         checkpoints=False,
         progress=False,
-    ).fit(resume=False)
-    step_time = (time.perf_counter() - t0) / 3
+    )
+    step_time = probe.fit(resume=False)["seconds_per_step_steady"]
     model.load_state_dict(init_state)  # train from the same initial weights the probe started at
-    steps = max(10, int(seconds / step_time))
+    # 7 validations of eval_batches forward passes (~1/3 of a training step each) share the budget
+    steps = max(10, int(seconds / step_time - 7 * cfg.train.eval_batches / 3))
     tcfg = dataclasses.replace(
         cfg.train,
         steps=steps,

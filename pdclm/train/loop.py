@@ -135,6 +135,7 @@ class Trainer:
             self.history = meta["extra"].get("history", [])
         model.train()
         symbols_seen, train_time, metrics = 0, 0.0, {}
+        steady_time, steady_steps = 0.0, 0
         if step == 0:
             self.run_eval(0)
         bar = tqdm(
@@ -173,7 +174,10 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             step += 1
-            train_time += time.perf_counter() - t0
+            step_seconds = time.perf_counter() - t0
+            train_time += step_seconds
+            if step > 1:  # the first step pays one-off costs (allocation, kernel selection)
+                steady_time, steady_steps = steady_time + step_seconds, steady_steps + 1
             metrics = {
                 "loss": loss_sum,
                 **metric_sums,
@@ -202,6 +206,7 @@ class Trainer:
         return {
             "steps": step,
             "train_seconds": train_time,
+            "seconds_per_step_steady": steady_time / steady_steps if steady_steps else None,
             **metrics,
             **final,
             "history": self.history,

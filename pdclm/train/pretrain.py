@@ -60,6 +60,7 @@ def train_entropy_model(
         eval_every=max(1, ecfg.steps // 4),
         ckpt_every=max(1, ecfg.steps // 2),
     )
+    torch.manual_seed(cfg.train.seed)  # a rerun trains the same entropy model, hence same patches
     model = EntropyModel(ecfg, cfg.model.mlp_ratio)
     sampler = BatchSampler(train, ecfg.context, ecfg.batch, cfg.train.seed)
     val_batches = [
@@ -69,7 +70,7 @@ def train_entropy_model(
         )
     ]
     trainer = Trainer(
-        "entropy",
+        "phase1/entropy",
         model,
         tcfg,
         ctx.run_dir / "entropy",
@@ -174,7 +175,7 @@ class Pretrain:
             )
         ]
         trainer = Trainer(
-            "pretrain",
+            "phase1/lm",
             model,
             cfg.train,
             run_dir / "pretrain",
