@@ -269,11 +269,19 @@ def test_stdlib_source(tmp_path):
     m = prepare(cfg, progress=False)
     total = m["totals"]["train"]["bytes"] + m["totals"]["val"]["bytes"]
     assert m["totals"]["val"]["docs"] >= 1
-    # Ingested in sha1-of-name order until the cap: the last one crossed it.
-    taken = sorted(m["documents"], key=lambda d: hashlib.sha1(d["name"].encode()).hexdigest())
+    # Ingested in order-hash order until the cap: the last one crossed it.
+    taken = sorted(m["documents"], key=lambda d: ingest._name_hash(d["name"], "order"))
     assert total - taken[-1]["bytes"] < 200_000 <= total
     # ... which samples across the library instead of taking the first files in sorted order.
     assert {d["name"] for d in taken} != set(names[: len(taken)])
+
+
+def test_a_capped_corpus_keeps_the_validation_share(tmp_path):
+    # the cap's document order must not favour either split
+    cfg = config(tmp_path, ["stdlib"], max_bytes=3_000_000, shard_bytes=1 << 20, val_fraction=0.1)
+    m = prepare(cfg, progress=False)
+    docs = m["totals"]["train"]["docs"] + m["totals"]["val"]["docs"]
+    assert 0.04 < m["totals"]["val"]["docs"] / docs < 0.2, m["totals"]
 
 
 @pytest.fixture

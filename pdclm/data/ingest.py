@@ -31,7 +31,7 @@ from tqdm import tqdm
 from pdclm.config import DataConfig
 from pdclm.vocab import BOS, EOS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 SHARD_RE = re.compile(r"(train|val)_\d{5}\.bin")
@@ -84,13 +84,14 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any] | None:
         raise DataError(f"cannot read {path}: {e}; delete {data_dir} and prepare again") from e
 
 
-def _name_hash(name: str) -> str:
-    return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()
+def _name_hash(name: str, purpose: str) -> str:
+    """A stable hash of a document name; ``purpose`` keeps the split and the order independent."""
+    return hashlib.sha1(f"{purpose}:{name}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _val_score(name: str) -> float:
     """A stable number in [0, 1) per document name: the split does not depend on order."""
-    return int(_name_hash(name)[:8], 16) / 2**32
+    return int(_name_hash(name, "split")[:8], 16) / 2**32
 
 
 def _size(path: Path) -> int | None:
@@ -520,7 +521,9 @@ def prepare(cfg: DataConfig, *, progress: bool = True, stdin: BinaryIO | None = 
     docs = resolve_sources(cfg.sources, cfg.jsonl_field, stdin, exclude=out)
     if cfg.max_bytes > 0:
         # Sample across the whole corpus rather than taking the first package or two.
-        docs.sort(key=lambda d: _name_hash(d.name))
+        # a different hash than the split's: ordering by the same one would fill a capped
+        # corpus with exactly the documents whose split hash is smallest, i.e. the val ones
+        docs.sort(key=lambda d: _name_hash(d.name, "order"))
     out.mkdir(parents=True, exist_ok=True)
     if manifest is None:
         for tmp in out.glob("*.tmp"):
