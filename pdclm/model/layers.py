@@ -109,11 +109,13 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        if (
-            cache is not None
-        ):  # incremental: every cached key is visible (the cache holds the window)
+        if cache is not None:
+            # incremental, one position per call: every cached key is visible (the cache holds
+            # exactly the window), so no mask is needed
+            if T != 1:
+                raise ValueError("a cached attention step takes one position at a time")
             k, v = cache.append(k, v)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+            y = F.scaled_dot_product_attention(q, k, v)
         elif self.window is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:

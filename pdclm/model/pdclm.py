@@ -142,6 +142,7 @@ class Stream:
     starts: list[bool] = field(default_factory=list)
     entropies: list[float] = field(default_factory=list)
 
+    @torch.no_grad()
     def __post_init__(self) -> None:
         m = self.model
         self.entropy = EntropyStream(m.entropy)
@@ -196,6 +197,5 @@ class Stream:
             self.ctx = m.from_latent(z)
             for c in self.dec_caches:
                 c.reset()
-        dec_pos = torch.tensor([i], device=self.device)
-        out = m.decoder(h + self.ctx, dec_pos, caches=self.dec_caches)
+        out = m.decoder(h + self.ctx, pos, caches=self.dec_caches)
         return m.head(out)[0, -1]
