@@ -10,13 +10,18 @@
 
 Every subcommand takes ``--preset NAME|FILE``, ``--out DIR``, ``--json FILE`` (results as JSON)
 and dotted config overrides such as ``--model.latent.layers=6`` or ``--train.steps=200``.
-Several processes: ``torchrun --nproc_per_node=N -m pdclm run ...``.
+
+CPU, one process: ``pdclm run --preset cpu`` (same as ``python -m pdclm run --preset cpu``).
+A GPU is used when present (``--train.device=auto``). Training runs as one process today;
+launched by ``torchrun`` with more than one rank it stops with an error rather than letting
+the ranks overwrite one run folder.
 """
 
 from __future__ import annotations
 
 import codecs
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     from pdclm.train.loop import NonFiniteLossError
 
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(
+                "several processes (WORLD_SIZE > 1) are not supported yet; run one process"
+            )
         name, args = parse(sys.argv[1:] if argv is None else argv)
         if name == "run":
             result = cmd_run(args)

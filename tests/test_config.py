@@ -65,3 +65,11 @@ def test_bad_values_are_rejected_with_the_key(values, match):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ConfigError, match="tiny"):
         load_preset("nosuch")
+
+
+def test_several_ranks_are_refused_until_distributed_training_exists(monkeypatch, capsys):
+    from pdclm.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["run", "--preset", "tiny"]) == 2
+    assert "WORLD_SIZE" in capsys.readouterr().err
