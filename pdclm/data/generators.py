@@ -1,0 +1,411 @@
+"""The project's own task generators: each emits a question, a gold step-by-step trace and an
+answer, and comes with a strict answer verifier and a per-step checker.
+
+- ``arithmetic``: a multi-step expression evaluated with operator precedence;
+- ``grid_path`` (planning): a shortest path through a walled grid, as a move string;
+- ``hanoi`` (planning): Tower of Hanoi in a compact move format;
+- ``bank`` (simulation): an account balance through deposits, withdrawals and fees;
+- ``registers`` (simulation): a small register machine run instruction by instruction.
+
+``level`` is the difficulty knob (1 = easiest). Answers are parsed strictly: an answer is right
+or wrong, never partly right, so formatting tricks earn nothing. ``check_steps`` says for every
+step of a trace whether it follows from the question and the steps before it, which is what
+the consistency checks and the step-level rewards build on.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pdclm.data.episodes import Episode
+
+
+@dataclass(frozen=True)
+class Task:
+    generator: str
+    level: int
+    question: str
+    steps: tuple[str, ...]
+    answer: str
+    facts: dict[str, Any] = field(default_factory=dict, compare=False)
+    """What the verifiers need, as plain data."""
+
+    def episode(self) -> Episode:
+        return Episode(self.question, self.steps, self.answer)
+
+
+class Generator(Protocol):
+    name: str
+
+    def make(self, rng: random.Random, level: int) -> Task: ...
+
+    def score(self, task: Task, answer: str) -> float: ...
+
+    def check_steps(self, task: Task, steps: Sequence[str]) -> list[bool]: ...
+
+
+_INT = r"-?\d+"
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+_EQ = re.compile(rf"^\s*({_INT})\s*([+\-*])\s*({_INT})\s*=\s*({_INT})\s*$")
+
+
+def _int_answer(answer: str) -> int | None:
+    text = answer.strip()
+    return int(text) if re.fullmatch(_INT, text) else None
+
+
+def _equation(step: str) -> tuple[int, str, int, int] | None:
+    m = _EQ.match(step)
+    return (int(m[1]), m[2], int(m[3]), int(m[4])) if m else None
+
+
+class Arithmetic:
+    """``Compute 12 + 7 * 3 - 5.``: one step per operation, multiplications first."""
+
+    name = "arithmetic"
+
+    def make(self, rng: random.Random, level: int) -> Task:
+        n_ops, top = level + 1, 9 * level + 1
+        nums = [rng.randint(1, top) for _ in range(n_ops + 1)]
+        ops = [rng.choice("+-*") for _ in range(n_ops)]
+        question = (
+            "Compute "
+            + " ".join(f"{n} {o}" for n, o in zip(nums, [*ops, ""], strict=True)).strip()
+            + "."
+        )
+        vals, ops_left, steps = list(nums), list(ops), []
+        for wanted in ("*", "+-"):
+            i = 0
+            while i < len(ops_left):
+                if ops_left[i] in wanted:
+                    a, b = vals[i], vals[i + 1]
+                    c = _OPS[ops_left[i]](a, b)
+                    steps.append(f"{a} {ops_left[i]} {b} = {c}")
+                    vals[i : i + 2] = [c]
+                    del ops_left[i]
+                else:
+                    i += 1
+        return Task(
+            self.name,
+            level,
+            question,
+            tuple(steps),
+            str(vals[0]),
+            {"numbers": nums, "answer": vals[0]},
+        )
+
+    def score(self, task: Task, answer: str) -> float:
+        return float(_int_answer(answer) == task.facts["answer"])
+
+    def check_steps(self, task: Task, steps: Sequence[str]) -> list[bool]:
+        """A step is right if its arithmetic holds and its operands are given or derived."""
+        known = list(task.facts["numbers"])
+        ok = []
+        for step in steps:
+            eq = _equation(step)
+            good = (
+                eq is not None
+                and _OPS[eq[1]](eq[0], eq[2]) == eq[3]
+                and (eq[0] in known and eq[2] in known)
+            )
+            ok.append(good)
+            if eq is not None:
+                known.append(eq[3])
+        return ok
+
+
+_MOVES = {"U": (-1, 0), "D": (1, 0), "L": (0, -1), "R": (0, 1)}
+_STEP_MOVE = re.compile(r"^\s*([UDLR])\s*->\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*$")
+
+
+class GridPath:
+    """Planning: the shortest move string from S to G in a grid with walls (#)."""
+
+    name = "grid_path"
+
+    def make(self, rng: random.Random, level: int) -> Task:
+        size = 3 + level
+        while True:
+            grid = [["#" if rng.random() < 0.25 else "." for _ in range(size)] for _ in range(size)]
+            cells = [(r, c) for r in range(size) for c in range(size)]
+            start, goal = rng.sample(cells, 2)
+            grid[start[0]][start[1]], grid[goal[0]][goal[1]] = "S", "G"
+            path = self._bfs(grid, start, goal)
+            if path and len(path) >= level + 1:
+                break
+        rows = ["".join(row) for row in grid]
+        question = (
+            "Find a shortest path from S to G; # is a wall. Answer with moves U/D/L/R.\n"
+            + "\n".join(rows)
+        )
+        pos, steps = start, []
+        for m in path:
+            pos = (pos[0] + _MOVES[m][0], pos[1] + _MOVES[m][1])
+            steps.append(f"{m} -> ({pos[0]},{pos[1]})")
+        return Task(
+            self.name,
+            level,
+            question,
+            tuple(steps),
+            path,
+            {"rows": rows, "start": start, "goal": goal, "length": len(path)},
+        )
+
+    @staticmethod
+    def _bfs(grid: list[list[str]], start: tuple[int, int], goal: tuple[int, int]) -> str | None:
+        n = len(grid)
+        prev: dict[tuple[int, int], tuple[tuple[int, int], str] | None] = {start: None}
+        queue = deque([start])
+        while queue:
+            cur = queue.popleft()
+            if cur == goal:
+                moves = []
+                while prev[cur] is not None:
+                    cur, m = prev[cur]
+                    moves.append(m)
+                return "".join(reversed(moves))
+            for m, (dr, dc) in _MOVES.items():
+                nxt = (cur[0] + dr, cur[1] + dc)
+                if (
+                    0 <= nxt[0] < n
+                    and 0 <= nxt[1] < n
+                    and grid[nxt[0]][nxt[1]] != "#"
+                    and nxt not in prev
+                ):
+                    prev[nxt] = (cur, m)
+                    queue.append(nxt)
+        return None
+
+    def _walk(self, task: Task, moves: Sequence[str]) -> list[tuple[int, int] | None]:
+        """Positions after each move; None from the first illegal move on."""
+        rows, pos, out = task.facts["rows"], tuple(task.facts["start"]), []
+        for m in moves:
+            if pos is None or m not in _MOVES:
+                pos = None
+            else:
+                r, c = pos[0] + _MOVES[m][0], pos[1] + _MOVES[m][1]
+                legal = 0 <= r < len(rows) and 0 <= c < len(rows) and rows[r][c] != "#"
+                pos = (r, c) if legal else None
+            out.append(pos)
+        return out
+
+    def score(self, task: Task, answer: str) -> float:
+        moves = answer.strip()
+        if not re.fullmatch(r"[UDLR]+", moves) or len(moves) != task.facts["length"]:
+            return 0.0
+        return float(self._walk(task, moves)[-1] == tuple(task.facts["goal"]))
+
+    def check_steps(self, task: Task, steps: Sequence[str]) -> list[bool]:
+        parsed = [_STEP_MOVE.match(s) for s in steps]
+        positions = self._walk(task, [m[1] if m else "?" for m in parsed])
+        return [
+            m is not None and pos == (int(m[2]), int(m[3]))
+            for m, pos in zip(parsed, positions, strict=True)
+        ]
+
+
+_HANOI_STEP = re.compile(r"^\s*disk\s+(\d+)\s+([ABC])\s*->\s*([ABC])\s*$")
+
+
+class Hanoi:
+    """Planning: move n disks from peg A to peg C; answer as ``AC AB CB ...``."""
+
+    name = "hanoi"
+
+    def make(self, rng: random.Random, level: int) -> Task:
+        n = min(level + 1, 6)
+        moves: list[tuple[int, str, str]] = []
+
+        def solve(k: int, src: str, dst: str, via: str) -> None:
+            if k:
+                solve(k - 1, src, via, dst)
+                moves.append((k, src, dst))
+                solve(k - 1, via, dst, src)
+
+        solve(n, "A", "C", "B")
+        question = (
+            f"Tower of Hanoi with {n} disks on peg A (1 is the smallest). Move them all to "
+            "peg C, one disk at a time, never a larger disk on a smaller one. Answer with "
+            "the moves as source-target pairs, e.g. AC AB."
+        )
+        steps = tuple(f"disk {k} {s} -> {d}" for k, s, d in moves)
+        answer = " ".join(f"{s}{d}" for _, s, d in moves)
+        return Task(self.name, level, question, steps, answer, {"disks": n})
+
+    @staticmethod
+    def _play(n: int, moves: Sequence[tuple[str, str]]) -> tuple[list[bool], dict[str, list[int]]]:
+        pegs = {"A": list(range(n, 0, -1)), "B": [], "C": []}
+        legal = []
+        for src, dst in moves:
+            ok = (
+                src in pegs
+                and dst in pegs
+                and src != dst
+                and bool(pegs[src])
+                and (not pegs[dst] or pegs[dst][-1] > pegs[src][-1])
+            )
+            legal.append(ok)
+            if not ok:
+                break
+            pegs[dst].append(pegs[src].pop())
+        return legal, pegs
+
+    def score(self, task: Task, answer: str) -> float:
+        n, text = task.facts["disks"], answer.strip()
+        if not re.fullmatch(r"[ABC]{2}( [ABC]{2})*", text):
+            return 0.0
+        moves = [(m[0], m[1]) for m in text.split(" ")]
+        legal, pegs = self._play(n, moves)
+        return float(len(moves) == 2**n - 1 and all(legal) and len(pegs["C"]) == n)
+
+    def check_steps(self, task: Task, steps: Sequence[str]) -> list[bool]:
+        pegs = {"A": list(range(task.facts["disks"], 0, -1)), "B": [], "C": []}
+        ok = []
+        for step in steps:
+            m = _HANOI_STEP.match(step)
+            good = (
+                bool(m)
+                and m[2] != m[3]
+                and bool(pegs[m[2]])
+                and pegs[m[2]][-1] == int(m[1])
+                and (not pegs[m[3]] or pegs[m[3]][-1] > int(m[1]))
+            )
+            ok.append(good)
+            if good:
+                pegs[m[3]].append(pegs[m[2]].pop())
+            else:  # later steps cannot be trusted to follow from a broken state
+                ok.extend([False] * (len(steps) - len(ok)))
+                break
+        return ok
+
+
+class Bank:
+    """Simulation: an account balance through deposits, withdrawals (declined if short) and fees."""
+
+    name = "bank"
+
+    def make(self, rng: random.Random, level: int) -> Task:
+        balance = rng.randint(10, 50 * level)
+        events = []
+        for _ in range(level + 2):
+            kind = rng.choice(["deposit", "withdraw", "withdraw", "fee"])
+            amount = rng.randint(1, 5) if kind == "fee" else rng.randint(5, 40 * level)
+            events.append((kind, amount))
+        question = (
+            f"An account starts with {balance}. Events: "
+            + ", ".join(f"{k} {a}" for k, a in events)
+            + ". A withdrawal larger than the balance is declined; fees always apply. "
+            "What is the final balance?"
+        )
+        steps, cur = [], balance
+        for kind, amount in events:
+            if kind == "deposit":
+                steps.append(f"{cur} + {amount} = {cur + amount}")
+                cur += amount
+            elif kind == "withdraw" and amount > cur:
+                steps.append(f"withdraw {amount} declined")
+            else:
+                steps.append(f"{cur} - {amount} = {cur - amount}")
+                cur -= amount
+        return Task(
+            self.name,
+            level,
+            question,
+            tuple(steps),
+            str(cur),
+            {"start": balance, "events": events, "answer": cur},
+        )
+
+    def score(self, task: Task, answer: str) -> float:
+        return float(_int_answer(answer) == task.facts["answer"])
+
+    def check_steps(self, task: Task, steps: Sequence[str]) -> list[bool]:
+        """Each step must be exactly the next event applied to the balance so far."""
+        cur, ok = task.facts["start"], []
+        for i, step in enumerate(steps):
+            if i >= len(task.facts["events"]):
+                ok.append(False)
+                continue
+            kind, amount = task.facts["events"][i]
+            if kind == "withdraw" and amount > cur:
+                good = step.strip() == f"withdraw {amount} declined"
+            else:
+                eq = _equation(step)
+                op = "+" if kind == "deposit" else "-"
+                good = (
+                    eq is not None
+                    and eq[:3] == (cur, op, amount)
+                    and eq[3] == _OPS[op](cur, amount)
+                )
+                cur = _OPS[op](cur, amount)
+            ok.append(good)
+        return ok
+
+
+_REG_STEP = re.compile(rf"^\s*([abc])\s*=\s*({_INT})\s*([+\-*])\s*({_INT})\s*=\s*({_INT})\s*$")
+
+
+class Registers:
+    """Simulation: registers a, b, c through a short program of ``x = y op z`` instructions."""
+
+    name = "registers"
+
+    def make(self, rng: random.Random, level: int) -> Task:
+        regs = {r: rng.randint(0, 9) for r in "abc"}
+        program = []
+        for _ in range(level + 2):
+            dst, x, y = rng.choice("abc"), rng.choice("abc"), rng.choice("abc")
+            program.append((dst, x, rng.choice("+-*" if level > 1 else "+-"), y))
+        question = (
+            "Registers start at "
+            + ", ".join(f"{r}={v}" for r, v in regs.items())
+            + ". Run: "
+            + "; ".join(f"{d} = {x} {o} {y}" for d, x, o, y in program)
+            + ". Answer with the final registers as a=.. b=.. c=.."
+        )
+        steps, state = [], dict(regs)
+        for dst, x, op, y in program:
+            value = _OPS[op](state[x], state[y])
+            steps.append(f"{dst} = {state[x]} {op} {state[y]} = {value}")
+            state[dst] = value
+        answer = " ".join(f"{r}={state[r]}" for r in "abc")
+        return Task(
+            self.name,
+            level,
+            question,
+            tuple(steps),
+            answer,
+            {"start": regs, "program": program, "answer": answer},
+        )
+
+    def score(self, task: Task, answer: str) -> float:
+        return float(re.sub(r"\s+", " ", answer.strip()) == task.facts["answer"])
+
+    def check_steps(self, task: Task, steps: Sequence[str]) -> list[bool]:
+        state, ok = dict(task.facts["start"]), []
+        for i, step in enumerate(steps):
+            m = _REG_STEP.match(step)
+            if i >= len(task.facts["program"]) or not m:
+                ok.append(False)
+                continue
+            dst, x, op, y = task.facts["program"][i]
+            value = _OPS[op](state[x], state[y])
+            ok.append(
+                m[1] == dst
+                and int(m[2]) == state[x]
+                and m[3] == op
+                and int(m[4]) == state[y]
+                and int(m[5]) == value
+            )
+            state[dst] = value
+        return ok
+
+
+GENERATORS: dict[str, Generator] = {
+    g.name: g for g in (Arithmetic(), GridPath(), Hanoi(), Bank(), Registers())
+}

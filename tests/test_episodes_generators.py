@@ -1,0 +1,95 @@
+"""Episode format round-trips; every generator's gold trace passes its checks, corruption fails."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pdclm.data.episodes import (
+    Episode,
+    EpisodeError,
+    format_episode,
+    parse_completion,
+    parse_episode,
+    prompt,
+)
+from pdclm.data.generators import GENERATORS
+from pdclm.vocab import ANSWER, END_THINK, EOS
+
+line = st.text(st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    question=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40),
+    steps=st.lists(line.filter(lambda s: s != ""), max_size=5),
+    answer=line,
+)
+def test_format_then_parse_is_the_identity(question, steps, answer):
+    ep = Episode(question, tuple(steps), answer)
+    assert parse_episode(format_episode(ep)) == ep
+
+
+def test_malformed_episodes_are_refused():
+    good = format_episode(Episode("q", ("1 + 1 = 2",), "2"))
+    with pytest.raises(EpisodeError):
+        parse_episode(good[:-1])  # no EOS
+    with pytest.raises(EpisodeError):
+        parse_episode([s for s in good if s != ANSWER])
+    with pytest.raises(EpisodeError):
+        Episode("q", ("two\nlines",), "a")
+
+
+def test_completion_parsing_is_strict():
+    text = list(b"1 + 1 = 2\n2 * 3 = 6")
+    done = parse_completion([*text, END_THINK, ANSWER, *b"6", EOS])
+    assert done == parse_completion([*text, END_THINK, ANSWER, *b"6", EOS, *b"junk"])
+    assert done.steps == ("1 + 1 = 2", "2 * 3 = 6") and done.answer == "6" and done.closed_thinking
+    assert parse_completion(text).answer is None  # never closed its thinking
+    assert parse_completion([*text, END_THINK, *b"6"]).answer is None  # no ANSWER symbol
+    assert prompt("q")[-1] == format_episode(Episode("q", (), "a"))[len(prompt("q")) - 1]
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_gold_traces_pass_and_corrupted_ones_fail(name, level):
+    gen = GENERATORS[name]
+    rng = random.Random(f"{name}-{level}")
+    for _ in range(20):
+        task = gen.make(rng, level)
+        assert gen.score(task, task.answer) == 1.0
+        assert gen.score(task, f" {task.answer} ") == 1.0  # surrounding space is not an error
+        assert all(gen.check_steps(task, task.steps)), task
+        assert parse_episode(format_episode(task.episode())) == task.episode()
+        # a wrong answer and a corrupted step are both caught
+        wrong = corrupt(task.answer, rng)
+        assert gen.score(task, wrong) == 0.0, (task.answer, wrong)
+        assert gen.score(task, task.answer + " extra") == 0.0
+        i = rng.randrange(len(task.steps))
+        bad = [*task.steps[:i], corrupt(task.steps[i], rng), *task.steps[i + 1 :]]
+        assert not gen.check_steps(task, bad)[i], (task.steps[i], bad[i])
+        assert all(gen.check_steps(task, bad)[:i])
+
+
+def corrupt(text: str, rng: random.Random) -> str:
+    """Change one number (by a nonzero amount) or, without numbers, one move letter."""
+    nums = list(re.finditer(r"\d+", text))
+    if nums:
+        m = nums[-1] if rng.random() < 0.5 else rng.choice(nums)
+        return text[: m.start()] + str(int(m[0]) + rng.randint(1, 9)) + text[m.end() :]
+    letters = [i for i, ch in enumerate(text) if ch in "UDLRABC"]
+    i = rng.choice(letters)
+    swap = {"U": "D", "D": "U", "L": "R", "R": "L", "A": "B", "B": "C", "C": "A"}
+    return text[:i] + swap[text[i]] + text[i + 1 :]
+
+
+def test_difficulty_grows_with_level():
+    for name, gen in GENERATORS.items():
+        lengths = [
+            sum(len(gen.make(random.Random(s), lvl).steps) for s in range(20)) for lvl in (1, 3)
+        ]
+        assert lengths[1] > lengths[0], name
