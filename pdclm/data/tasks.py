@@ -1,0 +1,274 @@
+"""Verifiable reasoning tasks for the cognitive loop: sources, held-out sets, curriculum.
+
+Two kinds of source share one interface: the project's own generators (with gold step-by-step
+traces, :mod:`pdclm.data.generators`) and datasets of the ``reasoning-gym`` package (scored by
+its own ``score_answer``). Every source has a difficulty knob ``level`` (1 = easiest).
+
+Known traps, designed around:
+- reasoning-gym builds item i from seed + i, so neighbouring seeds share almost every item and
+  some easy configurations have only a few hundred distinct questions. Held-out sets are drawn
+  from seeds far from the training seeds, and training items whose question string is in a
+  held-out set are dropped.
+- Constant answers score high on some tasks (letter_counting answered "1"), so every accuracy
+  is reported beside the best constant answer's; and partial credit can be gamed ("6 " scores
+  0.5), so only a full score counts as correct.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from pdclm.data.generators import GENERATORS
+
+EVAL_SEED = 1_000_000_007
+"""Held-out items come from seeds at and above this; training seeds stay far below it."""
+
+
+@dataclass(frozen=True)
+class Item:
+    source: str
+    level: int
+    question: str
+    answer: str
+    steps: tuple[str, ...] = ()
+    """Gold thinking (empty where a source has none)."""
+    entry: Any = field(default=None, compare=False, hash=False)
+    """What the source's scorer needs."""
+
+
+# level -> reasoning-gym config overrides; level 1 is the "easy level" the goals refer to
+GYM_LEVELS: dict[str, dict[int, dict[str, Any]]] = {
+    "basic_arithmetic": {
+        1: dict(
+            min_terms=2,
+            max_terms=2,
+            min_digits=1,
+            max_digits=1,
+            operators=("+", "-"),
+            allow_parentheses=False,
+            allow_negation=False,
+        ),
+        2: dict(
+            min_terms=2,
+            max_terms=3,
+            min_digits=1,
+            max_digits=2,
+            operators=("+", "-", "*"),
+            allow_parentheses=False,
+            allow_negation=False,
+        ),
+        3: dict(
+            min_terms=3,
+            max_terms=4,
+            min_digits=1,
+            max_digits=2,
+            operators=("+", "-", "*"),
+            allow_negation=False,
+        ),
+    },
+    "chain_sum": {
+        1: dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1),
+        2: dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2),
+        3: dict(min_terms=3, max_terms=4, min_digits=1, max_digits=2),
+    },
+    "spell_backward": {
+        1: dict(min_word_len=3, max_word_len=4),
+        2: dict(min_word_len=3, max_word_len=6),
+        3: dict(min_word_len=3, max_word_len=8),
+    },
+    "letter_counting": {
+        1: dict(min_words=3, max_words=5),
+        2: dict(min_words=5, max_words=8),
+        3: dict(min_words=8, max_words=12),
+    },
+    "word_sequence_reversal": {
+        1: dict(min_words=2, max_words=3),
+        2: dict(min_words=3, max_words=5),
+        3: dict(min_words=5, max_words=8),
+    },
+    "count_bits": {
+        1: dict(min_n=1, max_n=255),
+        2: dict(min_n=1, max_n=65_535),
+        3: dict(min_n=1, max_n=2**24),
+    },
+    "simple_equations": {
+        1: dict(
+            min_terms=2,
+            max_terms=2,
+            min_value=1,
+            max_value=20,
+            operators=("+", "-"),
+            operators_weights=[0.5, 0.5],
+        ),
+        2: dict(min_terms=2, max_terms=3, min_value=1, max_value=50),
+        3: dict(min_terms=2, max_terms=4, min_value=1, max_value=100),
+    },
+    "number_sorting": {
+        1: dict(
+            min_numbers=3,
+            max_numbers=3,
+            min_decimals=0,
+            max_decimals=0,
+            min_value=-20.0,
+            max_value=20.0,
+        ),
+        2: dict(min_numbers=3, max_numbers=5, min_decimals=0, max_decimals=0),
+        3: dict(min_numbers=5, max_numbers=8, min_decimals=0, max_decimals=1),
+    },
+}
+
+_INSTRUCTION_MARKERS = ("\nPlease follow the instruction below:",)
+
+
+def strip_instructions(question: str) -> str:
+    """Drop reasoning-gym's long formatting instruction blocks (they dwarf a small model's
+    context and carry no information about the instance)."""
+    for marker in _INSTRUCTION_MARKERS:
+        question = question.split(marker)[0]
+    return question.strip()
+
+
+class GymSource:
+    """A reasoning-gym dataset; its own ``score_answer`` is the verifier."""
+
+    def __init__(self, name: str) -> None:
+        if name not in GYM_LEVELS:
+            raise KeyError(f"no difficulty levels defined for reasoning-gym task {name!r}")
+        self.name = name
+        self.max_level = max(GYM_LEVELS[name])
+
+    def sample(self, seed: int, level: int, n: int) -> list[Item]:
+        import reasoning_gym
+
+        level = min(max(1, level), self.max_level)
+        ds = reasoning_gym.create_dataset(
+            self.name, seed=seed, size=n, **GYM_LEVELS[self.name][level]
+        )
+        return [
+            Item(self.name, level, strip_instructions(e["question"]), str(e["answer"]), (), (ds, e))
+            for e in ds
+        ]
+
+    def score(self, item: Item, answer: str) -> float:
+        """1 only for a full score; surrounding whitespace is format, not content (the package
+        itself gives such answers partial credit, which we never pay)."""
+        ds, entry = item.entry
+        return float(ds.score_answer(answer.strip(), entry) >= 1.0)
+
+
+class OwnSource:
+    """One of the project's generators: gold traces, strict verifier, per-step checks."""
+
+    def __init__(self, name: str, max_level: int = 5) -> None:
+        self.name, self.gen, self.max_level = name, GENERATORS[name], max_level
+
+    def sample(self, seed: int, level: int, n: int) -> list[Item]:
+        level = min(max(1, level), self.max_level)
+        rng = random.Random(f"{self.name}:{seed}:{level}")
+        tasks = [self.gen.make(rng, level) for _ in range(n)]
+        return [Item(self.name, level, t.question, t.answer, t.steps, t) for t in tasks]
+
+    def score(self, item: Item, answer: str) -> float:
+        return self.gen.score(item.entry, answer)
+
+
+Source = GymSource | OwnSource
+
+
+def make_source(name: str) -> Source:
+    return OwnSource(name) if name in GENERATORS else GymSource(name)
+
+
+def held_out(source: Source, level: int, n: int) -> list[Item]:
+    """``n`` distinct held-out questions, from seeds far from any training seed."""
+    items, seen, seed = [], set(), EVAL_SEED
+    while len(items) < n and seed < EVAL_SEED + 50:
+        for item in source.sample(seed, level, n):
+            if item.question not in seen:
+                seen.add(item.question)
+                items.append(item)
+        seed += 1
+    return items[:n]
+
+
+def training_items(source: Source, level: int, n: int, seed: int, exclude: set[str]) -> list[Item]:
+    """``n`` training items from ``seed`` whose questions are not in ``exclude`` (held-out)."""
+    if seed >= EVAL_SEED:
+        raise ValueError("training seeds must stay below EVAL_SEED")
+    out: list[Item] = []
+    while len(out) < n:
+        out += [it for it in source.sample(seed, level, n) if it.question not in exclude]
+        seed += 7919  # far enough that reasoning-gym's seed + i items do not repeat
+    return out[:n]
+
+
+def constant_baseline(source: Source, items: list[Item], candidates: int = 10) -> tuple[str, float]:
+    """The best single answer to give to every question, and its accuracy on ``items``."""
+    common = [a for a, _ in Counter(it.answer for it in items).most_common(candidates)]
+    for extra in ("0", "1", "2", "Yes", "No"):
+        if extra not in common:
+            common.append(extra)
+    scored = [(a, sum(source.score(it, a) for it in items) / max(1, len(items))) for a in common]
+    return max(scored, key=lambda x: x[1])
+
+
+class Curriculum:
+    """Per task: a difficulty level that follows recent success, and sampling weights that
+    favour tasks the model solves sometimes but not always (success p -> weight p(1-p))."""
+
+    def __init__(
+        self,
+        names: list[str],
+        max_levels: dict[str, int],
+        window: int = 32,
+        raise_at: float = 0.8,
+        lower_at: float = 0.2,
+        floor: float = 0.05,
+    ) -> None:
+        self.level = dict.fromkeys(names, 1)
+        self.max_level = max_levels
+        self.window, self.raise_at, self.lower_at, self.floor = window, raise_at, lower_at, floor
+        self.recent: dict[str, deque[float]] = {n: deque(maxlen=window) for n in names}
+
+    def success(self, name: str) -> float | None:
+        r = self.recent[name]
+        return sum(r) / len(r) if r else None
+
+    def record(self, name: str, correct: bool) -> None:
+        """Log one attempt; move the level once a full window says it is too easy or too hard."""
+        r = self.recent[name]
+        r.append(float(correct))
+        if len(r) < self.window:
+            return
+        p = sum(r) / len(r)
+        if p >= self.raise_at and self.level[name] < self.max_level[name]:
+            self.level[name] += 1
+            r.clear()
+        elif p <= self.lower_at and self.level[name] > 1:
+            self.level[name] -= 1
+            r.clear()
+
+    def weights(self) -> dict[str, float]:
+        """Unknown success counts as 0.5 (most informative); never below ``floor``."""
+        out = {}
+        for name in self.level:
+            p = self.success(name)
+            p = 0.5 if p is None else p
+            out[name] = max(self.floor, p * (1 - p))
+        return out
+
+    def pick(self, rng: random.Random) -> tuple[str, int]:
+        w = self.weights()
+        name = rng.choices(list(w), weights=list(w.values()))[0]
+        return name, self.level[name]
+
+    def state(self) -> dict[str, Any]:
+        return {"level": dict(self.level), "recent": {k: list(v) for k, v in self.recent.items()}}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.level.update(state["level"])
+        for k, v in state["recent"].items():
+            self.recent[k] = deque(v, maxlen=self.window)
