@@ -5,6 +5,7 @@
     pdclm train     pretrain [--out DIR] [--resume DIR]            one phase
     pdclm pse       "some text" | --file F  [--ckpt RUN] [--plot out.png]
     pdclm generate  --ckpt RUN "prompt" [--max-bytes 200]
+    pdclm solve     --ckpt RUN "question" [--think-budget 8] [--samples 3] [--context TEXT]
     pdclm eval      --ckpt RUN                                     held-out bits per byte
     pdclm bench     pretrain [--preset tiny|cpu] --json FILE       PD-CLM vs byte transformer
 
@@ -94,6 +95,23 @@ class GenerateCmd(Common):
 
 
 @dataclass
+class SolveCmd(Common):
+    """Think within a budget, answer, and show the Cognitive Control Module's verdicts."""
+
+    question: tyro.conf.Positional[str] = ""
+    ckpt: str | None = None
+    think_budget: int = 8
+    """Most thinking steps (lines) before the thinking is closed and the answer forced."""
+    think_bytes: int = 256
+    samples: int = 1
+    """Several samples: their agreement is checked (the first is greedy)."""
+    temperature: float = 0.8
+    context: str | None = None
+    """Given context: also report how much the answer relies on it."""
+    seed: int = 0
+
+
+@dataclass
 class EvalCmd(Common):
     """Held-out bits per byte of a trained model."""
 
@@ -114,6 +132,7 @@ COMMANDS: dict[str, type[Common]] = {
     "train": TrainCmd,
     "pse": PseCmd,
     "generate": GenerateCmd,
+    "solve": SolveCmd,
     "eval": EvalCmd,
     "bench": BenchCmd,
 }
@@ -246,6 +265,57 @@ def cmd_generate(args: GenerateCmd) -> dict:
     return {"prompt": args.prompt, "completion": out.decode(errors="replace")}
 
 
+def cmd_solve(args: SolveCmd) -> dict:
+    import torch
+
+    from pdclm.cognition.ccm import Budget, agreement, check, solve, source_reliance
+    from pdclm.model.io import load_model
+
+    if not args.question:
+        raise ConfigError("give a question")
+    model, _ = load_model(args.ckpt)
+    gen = torch.Generator().manual_seed(args.seed)
+    question = f"{args.context}\n{args.question}" if args.context else args.question
+    budget = Budget(args.think_budget, args.think_bytes)
+    sols = [
+        solve(
+            model, question, budget, temperature=0.0 if i == 0 else args.temperature, generator=gen
+        )
+        for i in range(max(1, args.samples))
+    ]
+    best = sols[0]
+    verdict = check(best.steps, best.answer)
+    marks = {True: "ok", False: "WRONG", None: ""}
+    print("thinking:")
+    for step, ok in zip(best.steps, verdict.steps, strict=True):
+        print(f"  [{marks[ok]:>5}] {step}")
+    print(
+        f"answer: {best.answer!r}" + ("   (budget reached: answer forced)" if best.forced else "")
+    )
+    print(
+        f"consistent: {verdict.consistent}; answer follows from the steps: {verdict.answer_follows}"
+    )
+    result: dict[str, Any] = {
+        "question": args.question,
+        "steps": list(best.steps),
+        "answer": best.answer,
+        "forced": best.forced,
+        "step_checks": list(verdict.steps),
+        "answer_follows": verdict.answer_follows,
+        "consistent": verdict.consistent,
+    }
+    if len(sols) > 1:
+        result["agreement"] = agreement([s.answer for s in sols])
+        print(f"samples: {[s.answer for s in sols]} -> {result['agreement']}")
+    if args.context:
+        result["source"] = source_reliance(model, args.context, args.question, best.answer)
+        print(
+            f"context reliance: {result['source']['context_gain_nats']:+.2f} nats "
+            f"(share {result['source']['context_share']:.2f})"
+        )
+    return result
+
+
 def cmd_eval(args: EvalCmd) -> dict:
     import numpy as np
     import torch
@@ -302,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 "prepare": cmd_prepare,
                 "pse": cmd_pse,
                 "generate": cmd_generate,
+                "solve": cmd_solve,
                 "eval": cmd_eval,
                 "bench": cmd_bench,
             }[name](args)

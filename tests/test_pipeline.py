@@ -112,6 +112,35 @@ def test_pse_generate_eval_on_the_trained_model(tiny_run: Path, tmp_path, capsys
     )
     assert json.loads((tmp_path / "gen.json").read_text())["prompt"] == "def "
     assert main(["eval", "--ckpt", str(tiny_run), "--json", str(tmp_path / "ev.json")]) == 0
+    solve_json = tmp_path / "solve.json"
+    assert (
+        main(
+            [
+                "solve",
+                "What is 2 + 3?",
+                "--ckpt",
+                str(tiny_run),
+                "--think-budget",
+                "2",
+                "--think-bytes",
+                "40",
+                "--samples",
+                "2",
+                "--context",
+                "2 + 3 = 5",
+                "--json",
+                str(solve_json),
+            ]
+        )
+        == 0
+    )
+    solved = json.loads(solve_json.read_text())
+    assert len(solved["steps"]) <= 3 and set(solved) >= {
+        "answer",
+        "consistent",
+        "agreement",
+        "source",
+    }
     assert json.loads((tmp_path / "ev.json").read_text())["val_bpb"] < 8
 
 

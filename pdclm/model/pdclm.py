@@ -115,18 +115,27 @@ class PDCLM(nn.Module):
         for tok in prompt:
             logits = stream.push(tok)
         for _ in range(max_new):
-            if temperature <= 0:
-                nxt = int(logits.argmax())
-            else:
-                scaled = logits.float() / temperature
-                if top_k:
-                    kth = scaled.topk(min(top_k, scaled.numel())).values[-1]
-                    scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-                nxt = int(torch.multinomial(scaled.softmax(-1), 1, generator=generator))
+            nxt = sample_next(logits, temperature, top_k, generator)
             yield nxt
             if nxt in stop:
                 return
             logits = stream.push(nxt)
+
+
+def sample_next(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> int:
+    """One symbol from next-symbol logits: greedy at temperature 0, else top-k sampling."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    scaled = logits.float() / temperature
+    if top_k:
+        kth = scaled.topk(min(top_k, scaled.numel())).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    return int(torch.multinomial(scaled.softmax(-1), 1, generator=generator))
 
 
 @dataclass

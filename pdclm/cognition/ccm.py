@@ -1,0 +1,185 @@
+"""The Cognitive Control Module: keeps a chain of thought in check.
+
+- **Depth limit** (:func:`solve`): a budget on thinking steps and bytes. When it runs out the
+  thinking is closed for the model (END_THINK, ANSWER are pushed into its stream) and the
+  answer is forced; :meth:`Budget.extended` gives more room ("keep thinking").
+- **Consistency** (:func:`check`): re-checks every derived step it can (arithmetic equalities
+  generically; state updates and move legality through a task generator's own checker) and
+  whether the answer equals the last derived value; :func:`agreement` flags disagreement
+  across several samples.
+- **Source separation** (:func:`source_reliance`): how much an answer depends on the given
+  context versus what the model already knew: the answer's log-likelihood with the context
+  minus without it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from pdclm.data.episodes import prompt
+from pdclm.data.generators import GENERATORS, Task
+from pdclm.model.pdclm import PDCLM, sample_next
+from pdclm.vocab import ANSWER, END_THINK, EOS, NEWLINE
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_steps: int = 8
+    max_bytes: int = 256
+    answer_bytes: int = 64
+
+    def extended(self, steps: int = 4, bytes_: int = 128) -> Budget:
+        """More room to think (the "keep thinking" control)."""
+        return replace(self, max_steps=self.max_steps + steps, max_bytes=self.max_bytes + bytes_)
+
+
+@dataclass(frozen=True)
+class Solution:
+    question: str
+    steps: tuple[str, ...]
+    answer: str
+    forced: bool
+    """True when the budget, not the model, closed the thinking."""
+    thinking_bytes: int
+
+
+@torch.no_grad()
+def solve(
+    model: PDCLM,
+    question: str,
+    budget: Budget,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> Solution:
+    """Think within ``budget``, then answer. The thinking never exceeds the budget."""
+    stream = model.start_stream()
+    for sym in prompt(question):
+        logits = stream.push(sym)
+    thinking, steps_done, line_has_text, forced = bytearray(), 0, False, False
+    while True:
+        if steps_done >= budget.max_steps or len(thinking) >= budget.max_bytes:
+            forced = True
+            break
+        nxt = sample_next(logits, temperature, top_k, generator)
+        if nxt >= 256:  # END_THINK, or any other control symbol: the model closes its thinking
+            break
+        thinking.append(nxt)
+        if nxt == NEWLINE:  # a step is a line with something other than white space in it
+            steps_done += line_has_text
+            line_has_text = False
+        else:
+            line_has_text |= not chr(nxt).isspace()
+        logits = stream.push(nxt)
+    stream.push(END_THINK)
+    logits = stream.push(ANSWER)
+    answer = bytearray()
+    while len(answer) < budget.answer_bytes:
+        nxt = sample_next(logits, temperature, top_k, generator)
+        if nxt >= 256 or nxt == NEWLINE:
+            break
+        answer.append(nxt)
+        logits = stream.push(nxt)
+    text = thinking.decode("utf-8", "replace")
+    steps = tuple(s for s in text.split("\n") if s.strip())
+    return Solution(
+        question, steps, answer.decode("utf-8", "replace").strip(), forced, len(thinking)
+    )
+
+
+_NUM = r"-?\d+(?:\.\d+)?"
+_EQUATION = re.compile(rf"({_NUM})\s*([+\-*/])\s*({_NUM})\s*=\s*({_NUM})")
+
+
+def check_equation(step: str) -> bool | None:
+    """True/False for the last ``a op b = c`` in a step; None if the step has no equation."""
+    found = _EQUATION.findall(step)
+    if not found:
+        return None
+    a, op, b, c = found[-1]
+    x, y, z = float(a), float(b), float(c)
+    if op == "/" and y == 0:
+        return False
+    value = {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else 0.0}[op]
+    return abs(value - z) <= 1e-6 * max(1.0, abs(value))
+
+
+def last_value(steps: Sequence[str]) -> str | None:
+    """The last derived value: the right-hand side of the last ``... = v`` in the steps."""
+    for step in reversed(steps):
+        m = re.findall(rf"=\s*({_NUM})\s*$", step)
+        if m:
+            return m[-1]
+    return None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    steps: tuple[bool | None, ...]
+    """Per step: verified, refuted, or None where nothing checkable was found."""
+    answer_follows: bool | None
+    """Does the answer equal the last derived value (None: no derived value)."""
+
+    @property
+    def consistent(self) -> bool:
+        return False not in self.steps and self.answer_follows is not False
+
+    @property
+    def first_error(self) -> int | None:
+        return next((i for i, ok in enumerate(self.steps) if ok is False), None)
+
+
+def check(steps: Sequence[str], answer: str, task: Task | None = None) -> Verdict:
+    """Consistency of a chain of thought; uses the task generator's step checker when known."""
+    if task is not None and task.generator in GENERATORS:
+        per_step: tuple[bool | None, ...] = tuple(
+            GENERATORS[task.generator].check_steps(task, steps)
+        )
+    else:
+        per_step = tuple(check_equation(s) for s in steps)
+    last = last_value(steps)
+    follows = None
+    if last is not None and re.fullmatch(_NUM, answer.strip()):
+        follows = abs(float(last) - float(answer.strip())) < 1e-6
+    elif last is not None:
+        follows = False
+    return Verdict(per_step, follows)
+
+
+def agreement(answers: Sequence[str]) -> dict[str, object]:
+    """Majority answer across samples, the share that agrees with it, and a disagreement flag."""
+    counts = Counter(a.strip() for a in answers)
+    majority, n = counts.most_common(1)[0] if counts else ("", 0)
+    share = n / max(1, len(answers))
+    return {"majority": majority, "agreement": share, "disagree": share < 1.0}
+
+
+@torch.no_grad()
+def answer_logprob(model: PDCLM, question: str, answer: str) -> float:
+    """log p(answer | question) in nats, answering directly (empty thinking)."""
+    head = [*prompt(question), END_THINK, ANSWER]
+    symbols = head + list(answer.encode()) + [EOS]
+    tokens = torch.tensor([symbols])
+    logp = F.log_softmax(model(tokens).float(), dim=-1)[0]
+    targets = tokens[0, 1:]
+    picked = logp.gather(1, targets[:, None])[:, 0]
+    return float(picked[len(head) - 1 :].sum())
+
+
+def source_reliance(model: PDCLM, context: str, question: str, answer: str) -> dict[str, float]:
+    """How much the answer leans on the context: log p(a | context, q) - log p(a | q)."""
+    with_ctx = answer_logprob(model, f"{context}\n{question}" if context else question, answer)
+    without = answer_logprob(model, question, answer)
+    gain = with_ctx - without
+    return {
+        "logp_with_context": with_ctx,
+        "logp_without_context": without,
+        "context_gain_nats": gain,
+        "context_share": float(torch.sigmoid(torch.tensor(gain))),
+    }

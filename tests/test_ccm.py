@@ -1,0 +1,103 @@
+"""CCM: the thinking budget is never exceeded, planted wrong steps are caught, agreement and
+source reliance are computed from the model's own likelihoods."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from pdclm.cognition.ccm import (
+    Budget,
+    agreement,
+    answer_logprob,
+    check,
+    check_equation,
+    solve,
+    source_reliance,
+)
+from pdclm.data.episodes import prompt
+from pdclm.data.generators import GENERATORS
+from pdclm.vocab import ANSWER, END_THINK, EOS, NEWLINE
+from tests.test_model import small_model
+
+
+def fixed_logits_model(preferences: dict[int, float]):
+    """A real model whose next-symbol logits are fixed: only the listed symbols are possible."""
+    model = small_model()
+    head = torch.nn.Linear(model.head.in_features, model.head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-1e4)
+        for sym, logit in preferences.items():
+            head.bias[sym] = logit
+    model.head = head
+    return model
+
+
+def test_budget_is_never_exceeded_and_forces_an_answer():
+    model = fixed_logits_model({ord("x"): 2.0, NEWLINE: 0.0})  # thinks forever
+    gen = torch.Generator().manual_seed(0)
+    for max_steps, max_bytes in [(2, 500), (50, 30), (1, 1)]:
+        budget = Budget(max_steps=max_steps, max_bytes=max_bytes, answer_bytes=10)
+        for _ in range(3):
+            sol = solve(model, "What is 2 + 2?", budget, temperature=1.0, generator=gen)
+            assert sol.forced
+            assert sol.thinking_bytes <= max_bytes
+            assert sol.thinking_bytes == max_bytes or len(sol.steps) >= max_steps
+            assert set(sol.answer) <= {"x"} and len(sol.answer) <= 10  # one line, capped
+    longer = Budget(2, 30).extended()
+    assert longer.max_steps > 2 and longer.max_bytes > 30
+
+
+def test_a_model_that_closes_its_thinking_is_not_forced():
+    model = fixed_logits_model({END_THINK: 0.0})
+    sol = solve(model, "q", Budget(4, 64))
+    assert not sol.forced and sol.thinking_bytes == 0 and sol.answer == ""
+
+
+def test_consistency_catches_a_planted_wrong_step():
+    steps = ["7 * 3 = 21", "12 + 21 = 33", "33 - 5 = 28"]
+    assert check(steps, "28").consistent
+    planted = ["7 * 3 = 21", "12 + 21 = 34", "34 - 5 = 29"]
+    v = check(planted, "29")
+    assert not v.consistent and v.first_error == 1
+    assert check(steps, "27").answer_follows is False  # the answer does not follow
+    assert check_equation("so the total is 4 + 4 = 8") and check_equation("no math") is None
+    rng = random.Random(0)
+    for name, gen in GENERATORS.items():  # task-aware checks: moves, states, registers
+        task = gen.make(rng, 2)
+        assert check(task.steps, task.answer, task).steps == (True,) * len(task.steps), name
+        i = len(task.steps) // 2
+        broken = list(task.steps)
+        broken[i] = (
+            broken[i].replace(broken[i][-1], str((int(broken[i][-1]) + 1) % 10))
+            if broken[i][-1].isdigit()
+            else broken[i][::-1]
+        )
+        assert check(broken, task.answer, task).first_error == i, (name, broken[i])
+
+
+def test_agreement_flags_disagreement():
+    assert agreement(["4", "4", " 4"]) == {"majority": "4", "agreement": 1.0, "disagree": False}
+    a = agreement(["4", "5", "4"])
+    assert a["majority"] == "4" and a["disagree"] and abs(a["agreement"] - 2 / 3) < 1e-9
+
+
+def test_answer_logprob_matches_the_streams_likelihoods():
+    model = small_model()
+    lp = answer_logprob(model, "Q?", "ab")
+    stream = model.start_stream()
+    head = [*prompt("Q?"), END_THINK, ANSWER]
+    total = 0.0
+    logits = None
+    for sym in head:
+        logits = stream.push(sym)
+    for sym in [*b"ab", EOS]:
+        total += float(torch.log_softmax(logits.float(), -1)[sym])
+        logits = stream.push(sym)
+    assert abs(lp - total) < 1e-3
+    r = source_reliance(model, "", "Q?", "ab")
+    assert r["context_gain_nats"] == 0.0 and r["context_share"] == 0.5
+    r = source_reliance(model, "The answer is ab.", "Q?", "ab")
+    assert r["logp_with_context"] != r["logp_without_context"]
