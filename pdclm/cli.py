@@ -269,13 +269,14 @@ def cmd_solve(args: SolveCmd) -> dict:
     import torch
 
     from pdclm.cognition.ccm import Budget, agreement, check, solve, source_reliance
+    from pdclm.data.episodes import with_context
     from pdclm.model.io import load_model
 
     if not args.question:
         raise ConfigError("give a question")
     model, _ = load_model(args.ckpt)
     gen = torch.Generator().manual_seed(args.seed)
-    question = f"{args.context}\n{args.question}" if args.context else args.question
+    question = with_context(args.context or "", args.question)
     budget = Budget(args.think_budget, args.think_bytes)
     sols = [
         solve(

@@ -64,6 +64,7 @@ def test_consistency_catches_a_planted_wrong_step():
     assert not v.consistent and v.first_error == 1
     assert check(steps, "27").answer_follows is False  # the answer does not follow
     assert check_equation("so the total is 4 + 4 = 8") and check_equation("no math") is None
+    assert check_equation("3 - 0 = 3") and check_equation("4 / 0 = 1") is False
     rng = random.Random(0)
     for name, gen in GENERATORS.items():  # task-aware checks: moves, states, registers
         task = gen.make(rng, 2)

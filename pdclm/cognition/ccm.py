@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import operator
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from pdclm.data.episodes import prompt
+from pdclm.data.episodes import prompt, split_steps, with_context
 from pdclm.data.generators import GENERATORS, Task
 from pdclm.model.pdclm import PDCLM, sample_next
 from pdclm.vocab import ANSWER, END_THINK, EOS, NEWLINE
@@ -86,8 +87,7 @@ def solve(
             break
         answer.append(nxt)
         logits = stream.push(nxt)
-    text = thinking.decode("utf-8", "replace")
-    steps = tuple(s for s in text.split("\n") if s.strip())
+    steps = split_steps(thinking.decode("utf-8", "replace"))
     return Solution(
         question, steps, answer.decode("utf-8", "replace").strip(), forced, len(thinking)
     )
@@ -106,7 +106,9 @@ def check_equation(step: str) -> bool | None:
     x, y, z = float(a), float(b), float(c)
     if op == "/" and y == 0:
         return False
-    value = {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else 0.0}[op]
+    value = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}[op](
+        x, y
+    )
     return abs(value - z) <= 1e-6 * max(1.0, abs(value))
 
 
@@ -174,7 +176,7 @@ def answer_logprob(model: PDCLM, question: str, answer: str) -> float:
 
 def source_reliance(model: PDCLM, context: str, question: str, answer: str) -> dict[str, float]:
     """How much the answer leans on the context: log p(a | context, q) - log p(a | q)."""
-    with_ctx = answer_logprob(model, f"{context}\n{question}" if context else question, answer)
+    with_ctx = answer_logprob(model, with_context(context, question), answer)
     without = answer_logprob(model, question, answer)
     gain = with_ctx - without
     return {

@@ -71,10 +71,10 @@ def parse_completion(symbols: list[int]) -> Completion:
     """Read a completion (the symbols after THINK). Malformed parts give ``answer=None``."""
     if END_THINK not in symbols:
         body = [s for s in symbols if s < 256]
-        return Completion(_split_steps(bytes(body).decode("utf-8", "replace")), None, False)
+        return Completion(split_steps(bytes(body).decode("utf-8", "replace")), None, False)
     cut = symbols.index(END_THINK)
     try:
-        steps = _split_steps(_text(symbols[:cut], "thinking"))
+        steps = split_steps(_text(symbols[:cut], "thinking"))
     except EpisodeError:
         return Completion((), None, True)
     rest = symbols[cut + 1 :]
@@ -87,8 +87,14 @@ def parse_completion(symbols: list[int]) -> Completion:
         return Completion(steps, None, True)
 
 
-def _split_steps(text: str) -> tuple[str, ...]:
+def split_steps(text: str) -> tuple[str, ...]:
+    """Thinking text as steps: its lines that hold more than white space."""
     return tuple(line for line in text.split("\n") if line.strip())
+
+
+def with_context(context: str, question: str) -> str:
+    """The question as posed together with a given context (context first)."""
+    return f"{context}\n{question}" if context else question
 
 
 def parse_episode(symbols: list[int]) -> Episode:

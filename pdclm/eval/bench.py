@@ -161,18 +161,17 @@ def _train_one(kind: str, cfg: Config, tag: str, seconds: float, out_dir: str, q
 
 
 def bench_pretrain(cfg: Config, out: Path | None = None) -> dict[str, Any]:
-    out_dir = out or Path("runs") / f"bench-pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     from pdclm.model.io import save_model
     from pdclm.pipeline import RunContext
+    from pdclm.train.loop import resolve_device
     from pdclm.train.pretrain import prepare_pse
 
+    out_dir = out or Path("runs") / f"bench-pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     pse = prepare_pse(RunContext(cfg, out_dir))
     save_model(pse.model, cfg, out_dir / "pse")
     tag, pse_seconds = pse.tag, time.perf_counter() - t0
-    from pdclm.train.loop import resolve_device
-
     peak = matmul_flops(cfg.train.bf16, resolve_device(cfg.train.device))
     ctx = mp.get_context("spawn")
     rows = {}
