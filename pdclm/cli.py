@@ -278,13 +278,10 @@ def cmd_solve(args: SolveCmd) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     question = with_context(args.context or "", args.question)
     budget = Budget(args.think_budget, args.think_bytes)
-    sols = [
-        solve(
-            model, question, budget, temperature=0.0 if i == 0 else args.temperature, generator=gen
-        )
-        for i in range(max(1, args.samples))
-    ]
-    best = sols[0]
+    best = solve(model, [question], budget)[0]  # greedy; more samples only for agreement
+    sols = [best] + solve(
+        model, [question] * (args.samples - 1), budget, args.temperature, generator=gen
+    )
     verdict = check(best.steps, best.answer)
     marks = {True: "ok", False: "WRONG", None: ""}
     print("thinking:")

@@ -149,6 +149,78 @@ class BenchConfig:
 
 
 @dataclass
+class TasksConfig:
+    """Verifiable reasoning tasks: which ones, how they are evaluated, the thinking budget."""
+
+    names: list[str] = field(
+        default_factory=lambda: [
+            "basic_arithmetic",
+            "chain_sum",
+            "spell_backward",
+            "letter_counting",
+            "word_sequence_reversal",
+            "count_bits",
+            "simple_equations",
+            "number_sorting",
+            "arithmetic",
+            "grid_path",
+            "hanoi",
+            "bank",
+            "registers",
+        ]
+    )
+    """reasoning-gym datasets and the project's own generators, by name."""
+    eval_items: int = 64
+    """Held-out questions per task, at ``eval_level``."""
+    eval_level: int = 1
+    think_steps: int = 16
+    """CCM budget at evaluation: thinking lines..."""
+    think_bytes: int = 256
+    """... and thinking bytes."""
+    answer_bytes: int = 64
+    budgets: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16])
+    """Thinking-step budgets of the accuracy-vs-budget sweep (after Phase 2)."""
+    sweep_items: int = 32
+    """Held-out questions per task in the budget sweep and the agreement check."""
+    agreement_samples: int = 4
+    """Sampled answers per question for the cross-sample agreement check."""
+    batch: int = 128
+    """Questions generated in parallel."""
+
+
+@dataclass
+class CognitiveConfig:
+    """Phase 2, the cognitive loop: rounds of (curriculum probe, self-play, training)."""
+
+    rounds: int = 4
+    steps: int = 400
+    """Optimizer steps over all rounds (the rest of the optimizer settings come from train)."""
+    seq_len: int = 512
+    batch: int = 16
+    lr: float = 1e-3
+    warmup: int = 20
+    text_share: float = 0.25
+    """Share of each batch's rows that are raw Phase 1 text (so stream skill is kept)."""
+    question_weight: float = 0.1
+    """Loss weight of question bytes (1 for thinking and answer): a little, so the model can
+    propose questions in self-play, without spending the model on them."""
+    episodes_per_round: int = 3000
+    """Gold-trace episodes generated per round, spread over tasks by the curriculum."""
+    probe_items: int = 16
+    """Fresh training questions per task solved at the start of each round (curriculum)."""
+    proposals: int = 64
+    """Self-play: questions the model proposes per round (own generators, checked by their
+    executors)."""
+    solver_samples: int = 4
+    """Self-play: sampled solutions per proposed question."""
+    dialogue_items: int = 32
+    """Self-play: questions per round answered by several agents that read each other."""
+    agents: int = 2
+    temperature: float = 0.7
+    """Sampling temperature of self-play."""
+
+
+@dataclass
 class Config:
     preset: str = "default"
     """Preset name (tiny, cpu, gpu) or a .toml/.json config file; read before other flags."""
@@ -158,6 +230,8 @@ class Config:
     pse: PSEConfig = field(default_factory=PSEConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    cognitive: CognitiveConfig = field(default_factory=CognitiveConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
@@ -297,3 +371,21 @@ def validate(cfg: Config) -> None:
     need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
     for name in ("eval_every", "ckpt_every", "log_every", "eval_batches", "keep_ckpts"):
         need(getattr(t, name) >= 1, f"train.{name} must be >= 1")
+    from pdclm.data.generators import GENERATORS
+    from pdclm.data.tasks import GYM_LEVELS
+
+    tk = cfg.tasks
+    known_tasks = [*GYM_LEVELS, *GENERATORS]
+    for name in tk.names:
+        need(name in known_tasks, f"tasks.names: unknown task '{name}' (known: {known_tasks})")
+    for name in ("eval_items", "eval_level", "answer_bytes", "sweep_items", "batch"):
+        need(getattr(tk, name) >= 1, f"tasks.{name} must be >= 1")
+    need(tk.think_steps >= 0 and tk.think_bytes >= 0, "tasks.think_* must be >= 0")
+    need(all(b >= 0 for b in tk.budgets), "tasks.budgets must be >= 0")
+    cg = cfg.cognitive
+    for name in ("rounds", "steps", "seq_len", "batch", "solver_samples", "agents"):
+        need(getattr(cg, name) >= 1, f"cognitive.{name} must be >= 1")
+    need(cg.steps >= cg.rounds, "cognitive.steps must be >= cognitive.rounds")
+    need(0.0 <= cg.text_share < 1.0, "cognitive.text_share must be in [0, 1)")
+    need(0.0 <= cg.question_weight <= 1.0, "cognitive.question_weight must be in [0, 1]")
+    need(cg.lr > 0 and cg.temperature > 0, "cognitive.lr and cognitive.temperature must be > 0")

@@ -38,10 +38,10 @@ def fixed_logits_model(preferences: dict[int, float]):
 def test_budget_is_never_exceeded_and_forces_an_answer():
     model = fixed_logits_model({ord("x"): 2.0, NEWLINE: 0.0})  # thinks forever
     gen = torch.Generator().manual_seed(0)
+    questions = ["What is 2 + 2?", "q", "A longer question, so rows run out of step?"]
     for max_steps, max_bytes in [(2, 500), (50, 30), (1, 1)]:
         budget = Budget(max_steps=max_steps, max_bytes=max_bytes, answer_bytes=10)
-        for _ in range(3):
-            sol = solve(model, "What is 2 + 2?", budget, temperature=1.0, generator=gen)
+        for sol in solve(model, questions * 2, budget, temperature=1.0, generator=gen, batch=4):
             assert sol.forced
             assert sol.thinking_bytes <= max_bytes
             assert sol.thinking_bytes == max_bytes or len(sol.steps) >= max_steps
@@ -52,8 +52,17 @@ def test_budget_is_never_exceeded_and_forces_an_answer():
 
 def test_a_model_that_closes_its_thinking_is_not_forced():
     model = fixed_logits_model({END_THINK: 0.0})
-    sol = solve(model, "q", Budget(4, 64))
+    (sol,) = solve(model, ["q"], Budget(4, 64))
     assert not sol.forced and sol.thinking_bytes == 0 and sol.answer == ""
+
+
+def test_batched_solving_equals_one_question_at_a_time():
+    model = small_model()
+    questions = ["Compute 3 + 4.", "Spell this word backward: cat", "x", "What is 12 * 3 - 5?"]
+    budget = Budget(max_steps=3, max_bytes=40, answer_bytes=12)
+    together = solve(model, questions, budget, batch=3)
+    alone = [solve(model, [q], budget)[0] for q in questions]
+    assert together == alone
 
 
 def test_consistency_catches_a_planted_wrong_step():
@@ -93,10 +102,10 @@ def test_answer_logprob_matches_the_streams_likelihoods():
     total = 0.0
     logits = None
     for sym in head:
-        logits = stream.push(sym)
+        logits = stream.push_one(sym)
     for sym in [*b"ab", EOS]:
         total += float(torch.log_softmax(logits.float(), -1)[sym])
-        logits = stream.push(sym)
+        logits = stream.push_one(sym)
     assert abs(lp - total) < 1e-3
     r = source_reliance(model, "", "Q?", "ab")
     assert r["context_gain_nats"] == 0.0 and r["context_share"] == 0.5

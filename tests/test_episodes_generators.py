@@ -93,3 +93,80 @@ def test_difficulty_grows_with_level():
             sum(len(gen.make(random.Random(s), lvl).steps) for s in range(20)) for lvl in (1, 3)
         ]
         assert lengths[1] > lengths[0], name
+
+
+def test_make_is_unchanged():
+    """Held-out sets and saved runs depend on ``make`` staying byte-identical for a seed."""
+    task = GENERATORS["arithmetic"].make(random.Random(0), 2)
+    assert (task.question, task.steps, task.answer) == (
+        "Compute 13 * 14 - 2 - 9.",
+        ("13 * 14 = 182", "182 - 2 = 180", "180 - 9 = 171"),
+        "171",
+    )
+    task = GENERATORS["bank"].make(random.Random(0), 2)
+    assert (task.question, task.steps, task.answer) == (
+        "An account starts with 59. Events: fee 1, withdraw 70, fee 4, withdraw 66. A withdrawal "
+        "larger than the balance is declined; fees always apply. What is the final balance?",
+        ("59 - 1 = 58", "withdraw 70 declined", "58 - 4 = 54", "withdraw 66 declined"),
+        "54",
+    )
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_parse_rebuilds_the_task_from_its_question(name):
+    gen = GENERATORS[name]
+    for level in range(1, 5):
+        for seed in range(20):
+            task = gen.make(random.Random(seed), level)
+            again = gen.parse(task.question)
+            assert again == task and again.facts == task.facts, task.question
+            assert gen.score(again, task.answer) == 1.0
+            assert gen.parse(task.question[:-1]) is None
+            assert gen.parse(task.question + " 7") is None
+            for other in GENERATORS.values():
+                assert other is gen or other.parse(task.question) is None
+
+
+GRID = "Find a shortest path from S to G; # is a wall. Answer with moves U/D/L/R.\n"
+REGISTERS = (
+    "Registers start at a=1, b=2, c=3. Run: {}. Answer with the final registers as a=.. b=.. c=.."
+)
+BANK = (
+    "An account starts with {}. Events: {}. A withdrawal larger than the balance is declined; "
+    "fees always apply. What is the final balance?"
+)
+
+
+@pytest.mark.parametrize(
+    "name, question",
+    [
+        ("grid_path", GRID + "S#.\n##.\n..G"),  # no path
+        ("grid_path", GRID + "S..\n...\n.G"),  # not square
+        ("grid_path", GRID + "S.S\n...\n..G"),  # two starts
+        ("grid_path", GRID + "S..\n...\n..."),  # no goal
+        ("grid_path", GRID + "\n".join(["S" + "." * 12, *["." * 13] * 11, "." * 12 + "G"])),
+        ("hanoi", GENERATORS["hanoi"].make(random.Random(0), 1).question.replace("2", "9")),
+        ("arithmetic", "Compute 7."),  # no operation
+        ("arithmetic", "Compute 07 + 1."),  # not how the generator writes numbers
+        ("arithmetic", "Compute 1234567 + 1."),
+        ("arithmetic", "Compute 1" + " + 1" * 13 + "."),
+        ("arithmetic", "Compute 1 + x."),
+        ("arithmetic", "compute 1 + 2."),
+        ("bank", BANK.format(5, "")),
+        ("bank", BANK.format(5, "bonus 3")),
+        ("bank", BANK.format(-5, "fee 3")),
+        ("registers", REGISTERS.format("d = a + b")),
+        ("registers", REGISTERS.format("a = a / b")),
+        ("registers", REGISTERS.format("")),
+    ],
+)
+def test_parse_refuses_malformed_questions(name, question):
+    assert GENERATORS[name].parse(question) is None
+
+
+def test_parse_infers_the_level_from_the_size():
+    assert GENERATORS["arithmetic"].parse("Compute 1" + " * 2" * 12 + ".").level == 11
+    assert GENERATORS["arithmetic"].parse("Compute 1 + 2.").level == 1
+    assert GENERATORS["grid_path"].parse(GRID + "SG\n..").answer == "R"
+    assert GENERATORS["bank"].parse(BANK.format(5, "fee 9")).answer == "-4"
+    assert GENERATORS["registers"].parse(REGISTERS.format("c = a * b")).answer == "a=1 b=2 c=2"

@@ -55,15 +55,20 @@ def test_patching_is_real_and_varies():
 
 
 def test_cached_generation_equals_full_forward():
+    """Rows in one stream close patches at different steps; each row still equals the full
+    forward pass of that row (logits and patch starts)."""
     for rule in ("entropy_jump", "global", "whitespace", "stride"):
         model = small_model(rule=rule)
-        tokens = random_tokens(70, batch=1)
+        tokens = random_tokens(70, batch=3)
         with torch.no_grad():
-            full = model(tokens)[0]
-            stream = model.start_stream()
-            steps = torch.stack([stream.push(int(t)) for t in tokens[0, :-1]])
-        assert stream.starts[:70] == model.patch(tokens)[0].tolist()
-        torch.testing.assert_close(steps, full, atol=2e-4, rtol=1e-4)
+            full = model(tokens)
+            stream = model.start_stream(batch=3)
+            steps, starts = [], [torch.ones(3, dtype=torch.bool)]
+            for t in range(69):
+                steps.append(stream.push(tokens[:, t]))
+                starts.append(stream.start_now.clone())
+        assert torch.equal(torch.stack(starts, 1), model.patch(tokens)[:, :70])
+        torch.testing.assert_close(torch.stack(steps, 1), full, atol=2e-4, rtol=1e-4)
 
 
 def test_generate_streams_and_stops():
@@ -91,7 +96,7 @@ def test_entropy_profile_windows_stream_and_segments_agree():
     torch.testing.assert_close(profile_long(model, x[0], segment=24), full)
     stream = EntropyStream(model)
     torch.testing.assert_close(
-        torch.tensor([stream.push(int(t)) for t in x[0, :-1]]), full[1:], atol=1e-4, rtol=1e-4
+        torch.cat([stream.push(t) for t in x[0, :-1, None]]), full[1:], atol=1e-4, rtol=1e-4
     )
     # the window is what it was trained with: a prefix's profile never changes
     torch.testing.assert_close(model.profile(x[:, :70])[0], full[:70])

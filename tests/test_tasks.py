@@ -4,12 +4,15 @@ constant baselines, and a curriculum that follows success."""
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
+from pdclm.cognition import ccm
 from pdclm.data.tasks import (
     EVAL_SEED,
     GYM_LEVELS,
+    GYM_TRACES,
     Curriculum,
     constant_baseline,
     held_out,
@@ -31,6 +34,67 @@ def test_reasoning_gym_items_are_scored_by_its_own_verifier(name):
         assert "Please follow the instruction" not in it.question
         ds, entry = it.entry
         assert ds.score_answer(it.answer, entry) == 1.0  # the package's own scorer agrees
+
+
+ALWAYS_TRACED = {
+    "basic_arithmetic": (1,),
+    "chain_sum": (1, 2, 3),
+    "spell_backward": (1, 2, 3),
+    "letter_counting": (1, 2, 3),
+    "count_bits": (1, 2, 3),
+    "simple_equations": (1,),
+    "number_sorting": (1, 2, 3),
+}
+"""Levels at which every item must get gold thinking (others may have parentheses)."""
+
+
+@pytest.mark.parametrize("name", sorted(GYM_TRACES))
+def test_gym_gold_thinking_is_consistent(name):
+    src = make_source(name)
+    for level in (1, 2, 3):
+        for it in src.sample(seed=11, level=level, n=100):
+            if name == "basic_arithmetic":  # our levels avoid the package's left-to-right bug
+                expression = it.entry[1]["metadata"]["expression"]
+                assert eval(expression, {"__builtins__": {}}) == int(it.answer), it.question
+            if not it.steps:
+                assert level not in ALWAYS_TRACED[name], it.question
+                continue
+            assert all(s and "\n" not in s for s in it.steps)
+            verdict = ccm.check(it.steps, it.answer)
+            assert False not in verdict.steps, (it.steps, it.answer)
+            if re.fullmatch(r"-?\d+", it.answer):
+                assert verdict.answer_follows is True, (it.steps, it.answer)
+
+
+def test_gym_traces_read_as_intended():
+    entry = lambda md, answer: {"metadata": md, "answer": answer}
+    assert GYM_TRACES["count_bits"](entry({"number": 160}, "2")) == ("binary 10100000", "ones = 2")
+    assert GYM_TRACES["spell_backward"](entry({"word": "roid"}, "dior")) == (
+        "letters: r o i d",
+        "reversed: d i o r",
+    )
+    counting = {"span": ["Mr", "Smith", "mum"], "target_letter": "m"}
+    assert GYM_TRACES["letter_counting"](entry(counting, "4")) == (
+        "Mr: 1",
+        "Smith: 1",
+        "mum: 2",
+        "total = 4",
+    )
+    solve = lambda eq, answer: GYM_TRACES["simple_equations"](
+        entry({"equation": eq, "variable": "t"}, answer)
+    )
+    assert solve("t + 9 = 17", "8") == ("t = 17 - 9 = 8",)
+    assert solve("9 - t = 17", "-8") == ("t = 9 - 17 = -8",)
+    assert solve("56 - 98*t = -1218", "13") == ("98*t = 56 + 1218 = 1274", "t = 1274 / 98 = 13")
+    assert solve("4*t = 12", "3") == ("t = 12 / 4 = 3",)
+    assert solve("t*4 = 12", "3") == ("t = 12 / 4 = 3",)
+    assert solve("t + t = 4", "2") == solve("t + 2 + 1 = 4", "1") == solve("t + 9 = 17", "7") == ()
+    arithmetic = lambda expr, answer: GYM_TRACES["basic_arithmetic"](
+        entry({"expression": expr}, answer)
+    )
+    assert arithmetic("2 + -3*-8", "26") == ("-3 * -8 = 24", "2 + 24 = 26")
+    assert arithmetic("( 5 - 3 ) - -1", "3") == arithmetic("6 / 2", "3") == ()
+    assert arithmetic("1.5 + 1", "2.5") == arithmetic("3 + 2 * 3", "15") == ()
 
 
 def test_partial_credit_counts_as_wrong():

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import operator
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -50,47 +50,85 @@ class Solution:
     thinking_bytes: int
 
 
+@dataclass
+class _Row:
+    """One question's progress through prompt -> thinking -> answer."""
+
+    pending: deque[int]
+    thinking: bytearray = field(default_factory=bytearray)
+    answer: bytearray = field(default_factory=bytearray)
+    steps_done: int = 0
+    line_has_text: bool = False
+    answering: bool = False
+    forced: bool = False
+    done: bool = False
+
+    def close_thinking(self, forced: bool) -> int:
+        self.forced, self.answering = forced, True
+        self.pending.append(ANSWER)
+        return END_THINK
+
+    def next_symbol(self, sampled: int, budget: Budget) -> int:
+        """The symbol this row pushes next, given what the model sampled for it."""
+        if self.pending:
+            return self.pending.popleft()
+        if self.done:
+            return EOS  # finished rows idle until the whole batch is done
+        if not self.answering:
+            if self.steps_done >= budget.max_steps or len(self.thinking) >= budget.max_bytes:
+                return self.close_thinking(forced=True)
+            if sampled >= 256:  # END_THINK or any control symbol: the model closes its thinking
+                return self.close_thinking(forced=False)
+            self.thinking.append(sampled)
+            if sampled == NEWLINE:  # a step is a line with something other than white space
+                self.steps_done += self.line_has_text
+                self.line_has_text = False
+            else:
+                self.line_has_text |= not chr(sampled).isspace()
+            return sampled
+        if sampled >= 256 or sampled == NEWLINE or len(self.answer) >= budget.answer_bytes:
+            self.done = True
+            return EOS
+        self.answer.append(sampled)
+        return sampled
+
+
 @torch.no_grad()
 def solve(
     model: PDCLM,
-    question: str,
+    questions: Sequence[str],
     budget: Budget,
     temperature: float = 0.0,
     top_k: int = 0,
     generator: torch.Generator | None = None,
-) -> Solution:
-    """Think within ``budget``, then answer. The thinking never exceeds the budget."""
-    stream = model.start_stream()
-    for sym in prompt(question):
-        logits = stream.push(sym)
-    thinking, steps_done, line_has_text, forced = bytearray(), 0, False, False
-    while True:
-        if steps_done >= budget.max_steps or len(thinking) >= budget.max_bytes:
-            forced = True
-            break
-        nxt = sample_next(logits, temperature, top_k, generator)
-        if nxt >= 256:  # END_THINK, or any other control symbol: the model closes its thinking
-            break
-        thinking.append(nxt)
-        if nxt == NEWLINE:  # a step is a line with something other than white space in it
-            steps_done += line_has_text
-            line_has_text = False
-        else:
-            line_has_text |= not chr(nxt).isspace()
-        logits = stream.push(nxt)
-    stream.push(END_THINK)
-    logits = stream.push(ANSWER)
-    answer = bytearray()
-    while len(answer) < budget.answer_bytes:
-        nxt = sample_next(logits, temperature, top_k, generator)
-        if nxt >= 256 or nxt == NEWLINE:
-            break
-        answer.append(nxt)
-        logits = stream.push(nxt)
-    steps = split_steps(thinking.decode("utf-8", "replace"))
-    return Solution(
-        question, steps, answer.decode("utf-8", "replace").strip(), forced, len(thinking)
-    )
+    batch: int = 64,
+) -> list[Solution]:
+    """Think within ``budget``, then answer, for every question (``batch`` rows at a time).
+
+    The thinking never exceeds the budget: when it runs out, END_THINK and ANSWER are pushed
+    for the model and it must answer.
+    """
+    out: list[Solution] = []
+    for lo in range(0, len(questions), batch):
+        chunk = list(questions[lo : lo + batch])
+        rows = [_Row(deque(prompt(q))) for q in chunk]
+        stream = model.start_stream(len(rows))
+        sampled = [0] * len(rows)
+        while not all(r.done and not r.pending for r in rows):
+            symbols = [r.next_symbol(s, budget) for r, s in zip(rows, sampled, strict=True)]
+            logits = stream.push(torch.tensor(symbols))
+            sampled = sample_next(logits, temperature, top_k, generator).tolist()
+        for q, r in zip(chunk, rows, strict=True):
+            out.append(
+                Solution(
+                    q,
+                    split_steps(r.thinking.decode("utf-8", "replace")),
+                    r.answer.decode("utf-8", "replace").strip(),
+                    r.forced,
+                    len(r.thinking),
+                )
+            )
+    return out
 
 
 _NUM = r"-?\d+(?:\.\d+)?"

@@ -10,7 +10,9 @@ answer, and comes with a strict answer verifier and a per-step checker.
 ``level`` is the difficulty knob (1 = easiest). Answers are parsed strictly: an answer is right
 or wrong, never partly right, so formatting tricks earn nothing. ``check_steps`` says for every
 step of a trace whether it follows from the question and the steps before it, which is what
-the consistency checks and the step-level rewards build on.
+the consistency checks and the step-level rewards build on. ``parse`` rebuilds a task from its
+question alone (the executor for model-written questions in self-play): it shares ``make``'s
+builder, so a parsed task is exactly the task ``make`` would have built with those parameters.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class Generator(Protocol):
 
     def make(self, rng: random.Random, level: int) -> Task: ...
 
+    def parse(self, question: str) -> Task | None:
+        """The task a question in this generator's format states; None if malformed or
+        unsolvable. The executor for questions the model writes itself."""
+        ...
+
     def score(self, task: Task, answer: str) -> float: ...
 
     def check_steps(self, task: Task, steps: Sequence[str]) -> list[bool]: ...
@@ -52,6 +59,46 @@ class Generator(Protocol):
 _INT = r"-?\d+"
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 _EQ = re.compile(rf"^\s*({_INT})\s*([+\-*])\s*({_INT})\s*=\s*({_INT})\s*$")
+_NAT = r"\d{1,6}"
+"""A number in a parsed question: at most 6 digits, so questions stay short and sane."""
+_MAX_ITEMS = 12
+"""Most operations, events or instructions a parsed question may contain."""
+
+
+def _pattern(template: str, **groups: str) -> re.Pattern[str]:
+    """A strict regex for a question template: literal text, each ``{name}`` a named group."""
+    parts = re.split(r"\{(\w+)\}", template)
+    return re.compile(
+        "".join(f"(?P<{p}>{groups[p]})" if i % 2 else re.escape(p) for i, p in enumerate(parts))
+    )
+
+
+def _items(item: str, sep: str, least: int = 1) -> str:
+    """A regex for ``least`` to ``_MAX_ITEMS`` of ``item`` joined by ``sep``."""
+    return rf"{item}(?:{sep}{item}){{{least - 1},{_MAX_ITEMS - 1}}}"
+
+
+def _canonical(task: Task | None, question: str) -> Task | None:
+    """The task only if it restates the question exactly (no leading zeros or other variants)."""
+    return task if task is not None and task.question == question else None
+
+
+def eval_steps(nums: Sequence[int], ops: Sequence[str]) -> tuple[tuple[str, ...], int]:
+    """Evaluate ``nums[0] ops[0] nums[1] ...`` with precedence, one ``a op b = c`` step per
+    operation: multiplications left to right, then additions and subtractions left to right."""
+    vals, ops_left, steps = list(nums), list(ops), []
+    for wanted in ("*", "+-"):
+        i = 0
+        while i < len(ops_left):
+            if ops_left[i] in wanted:
+                a, b = vals[i], vals[i + 1]
+                c = _OPS[ops_left[i]](a, b)
+                steps.append(f"{a} {ops_left[i]} {b} = {c}")
+                vals[i : i + 2] = [c]
+                del ops_left[i]
+            else:
+                i += 1
+    return tuple(steps), vals[0]
 
 
 def _int_answer(answer: str) -> int | None:
@@ -64,6 +111,10 @@ def _equation(step: str) -> tuple[int, str, int, int] | None:
     return (int(m[1]), m[2], int(m[3]), int(m[4])) if m else None
 
 
+_ARITHMETIC_Q = "Compute {expr}."
+_ARITHMETIC_RE = _pattern(_ARITHMETIC_Q, expr=_NAT + _items(rf" [+\-*] {_NAT}", ""))
+
+
 class Arithmetic:
     """``Compute 12 + 7 * 3 - 5.``: one step per operation, multiplications first."""
 
@@ -73,30 +124,22 @@ class Arithmetic:
         n_ops, top = level + 1, 9 * level + 1
         nums = [rng.randint(1, top) for _ in range(n_ops + 1)]
         ops = [rng.choice("+-*") for _ in range(n_ops)]
-        question = (
-            "Compute "
-            + " ".join(f"{n} {o}" for n, o in zip(nums, [*ops, ""], strict=True)).strip()
-            + "."
-        )
-        vals, ops_left, steps = list(nums), list(ops), []
-        for wanted in ("*", "+-"):
-            i = 0
-            while i < len(ops_left):
-                if ops_left[i] in wanted:
-                    a, b = vals[i], vals[i + 1]
-                    c = _OPS[ops_left[i]](a, b)
-                    steps.append(f"{a} {ops_left[i]} {b} = {c}")
-                    vals[i : i + 2] = [c]
-                    del ops_left[i]
-                else:
-                    i += 1
+        return self._build(nums, ops, level)
+
+    def parse(self, question: str) -> Task | None:
+        m = _ARITHMETIC_RE.fullmatch(question)
+        if not m:
+            return None
+        nums = [int(n) for n in re.findall(r"\d+", m["expr"])]
+        ops = re.findall(r"[+\-*]", m["expr"])
+        return _canonical(self._build(nums, ops, max(1, len(ops) - 1)), question)
+
+    def _build(self, nums: list[int], ops: list[str], level: int) -> Task:
+        expr = " ".join([str(nums[0]), *(f"{o} {n}" for o, n in zip(ops, nums[1:], strict=True))])
+        steps, value = eval_steps(nums, ops)
+        question = _ARITHMETIC_Q.format(expr=expr)
         return Task(
-            self.name,
-            level,
-            question,
-            tuple(steps),
-            str(vals[0]),
-            {"numbers": nums, "answer": vals[0]},
+            self.name, level, question, steps, str(value), {"numbers": nums, "answer": value}
         )
 
     def score(self, task: Task, answer: str) -> float:
@@ -123,6 +166,10 @@ _MOVES = {"U": (-1, 0), "D": (1, 0), "L": (0, -1), "R": (0, 1)}
 _STEP_MOVE = re.compile(r"^\s*([UDLR])\s*->\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*$")
 
 
+_GRID_Q = "Find a shortest path from S to G; # is a wall. Answer with moves U/D/L/R.\n{rows}"
+_GRID_RE = _pattern(_GRID_Q, rows=_items("[.#SG]{2,12}", "\n", least=2))
+
+
 class GridPath:
     """Planning: the shortest move string from S to G in a grid with walls (#)."""
 
@@ -130,19 +177,33 @@ class GridPath:
 
     def make(self, rng: random.Random, level: int) -> Task:
         size = 3 + level
+        cells = [(r, c) for r in range(size) for c in range(size)]
         while True:
             grid = [["#" if rng.random() < 0.25 else "." for _ in range(size)] for _ in range(size)]
-            cells = [(r, c) for r in range(size) for c in range(size)]
             start, goal = rng.sample(cells, 2)
             grid[start[0]][start[1]], grid[goal[0]][goal[1]] = "S", "G"
-            path = self._bfs(grid, start, goal)
-            if path and len(path) >= level + 1:
-                break
-        rows = ["".join(row) for row in grid]
-        question = (
-            "Find a shortest path from S to G; # is a wall. Answer with moves U/D/L/R.\n"
-            + "\n".join(rows)
+            task = self._build(["".join(row) for row in grid], level)
+            if task is not None and len(task.answer) >= level + 1:
+                return task
+
+    def parse(self, question: str) -> Task | None:
+        m = _GRID_RE.fullmatch(question)
+        if not m:
+            return None
+        rows = m["rows"].split("\n")
+        square = all(len(row) == len(rows) for row in rows)
+        if not square or m["rows"].count("S") != 1 or m["rows"].count("G") != 1:
+            return None
+        return _canonical(self._build(rows, max(1, len(rows) - 3)), question)
+
+    def _build(self, rows: list[str], level: int) -> Task | None:
+        """The task on a square grid with one S and one G; None if G cannot be reached."""
+        start, goal = (
+            next((r, row.index(ch)) for r, row in enumerate(rows) if ch in row) for ch in "SG"
         )
+        path = self._bfs(rows, start, goal)
+        if path is None:
+            return None
         pos, steps = start, []
         for m in path:
             pos = (pos[0] + _MOVES[m][0], pos[1] + _MOVES[m][1])
@@ -150,14 +211,14 @@ class GridPath:
         return Task(
             self.name,
             level,
-            question,
+            _GRID_Q.format(rows="\n".join(rows)),
             tuple(steps),
             path,
             {"rows": rows, "start": start, "goal": goal, "length": len(path)},
         )
 
     @staticmethod
-    def _bfs(grid: list[list[str]], start: tuple[int, int], goal: tuple[int, int]) -> str | None:
+    def _bfs(grid: Sequence[str], start: tuple[int, int], goal: tuple[int, int]) -> str | None:
         n = len(grid)
         prev: dict[tuple[int, int], tuple[tuple[int, int], str] | None] = {start: None}
         queue = deque([start])
@@ -212,13 +273,27 @@ class GridPath:
 _HANOI_STEP = re.compile(r"^\s*disk\s+(\d+)\s+([ABC])\s*->\s*([ABC])\s*$")
 
 
+_HANOI_Q = (
+    "Tower of Hanoi with {disks} disks on peg A (1 is the smallest). Move them all to peg C, one "
+    "disk at a time, never a larger disk on a smaller one. Answer with the moves as "
+    "source-target pairs, e.g. AC AB."
+)
+_HANOI_RE = _pattern(_HANOI_Q, disks="[1-6]")
+
+
 class Hanoi:
     """Planning: move n disks from peg A to peg C; answer as ``AC AB CB ...``."""
 
     name = "hanoi"
 
     def make(self, rng: random.Random, level: int) -> Task:
-        n = min(level + 1, 6)
+        return self._build(min(level + 1, 6), level)
+
+    def parse(self, question: str) -> Task | None:
+        m = _HANOI_RE.fullmatch(question)
+        return self._build(int(m["disks"]), max(1, int(m["disks"]) - 1)) if m else None
+
+    def _build(self, n: int, level: int) -> Task:
         moves: list[tuple[int, str, str]] = []
 
         def solve(k: int, src: str, dst: str, via: str) -> None:
@@ -228,11 +303,7 @@ class Hanoi:
                 solve(k - 1, via, dst, src)
 
         solve(n, "A", "C", "B")
-        question = (
-            f"Tower of Hanoi with {n} disks on peg A (1 is the smallest). Move them all to "
-            "peg C, one disk at a time, never a larger disk on a smaller one. Answer with "
-            "the moves as source-target pairs, e.g. AC AB."
-        )
+        question = _HANOI_Q.format(disks=n)
         steps = tuple(f"disk {k} {s} -> {d}" for k, s, d in moves)
         answer = " ".join(f"{s}{d}" for _, s, d in moves)
         return Task(self.name, level, question, steps, answer, {"disks": n})
@@ -284,6 +355,13 @@ class Hanoi:
         return ok
 
 
+_BANK_Q = (
+    "An account starts with {start}. Events: {events}. A withdrawal larger than the balance is "
+    "declined; fees always apply. What is the final balance?"
+)
+_BANK_RE = _pattern(_BANK_Q, start=_NAT, events=_items(f"(?:deposit|withdraw|fee) {_NAT}", ", "))
+
+
 class Bank:
     """Simulation: an account balance through deposits, withdrawals (declined if short) and fees."""
 
@@ -296,12 +374,17 @@ class Bank:
             kind = rng.choice(["deposit", "withdraw", "withdraw", "fee"])
             amount = rng.randint(1, 5) if kind == "fee" else rng.randint(5, 40 * level)
             events.append((kind, amount))
-        question = (
-            f"An account starts with {balance}. Events: "
-            + ", ".join(f"{k} {a}" for k, a in events)
-            + ". A withdrawal larger than the balance is declined; fees always apply. "
-            "What is the final balance?"
-        )
+        return self._build(balance, events, level)
+
+    def parse(self, question: str) -> Task | None:
+        m = _BANK_RE.fullmatch(question)
+        if not m:
+            return None
+        events = [(k, int(a)) for k, a in re.findall(r"(\w+) (\d+)", m["events"])]
+        return _canonical(self._build(int(m["start"]), events, max(1, len(events) - 2)), question)
+
+    def _build(self, balance: int, events: list[tuple[str, int]], level: int) -> Task:
+        question = _BANK_Q.format(start=balance, events=", ".join(f"{k} {a}" for k, a in events))
         steps, cur = [], balance
         for kind, amount in events:
             if kind == "deposit":
@@ -350,6 +433,15 @@ class Bank:
 _REG_STEP = re.compile(rf"^\s*([abc])\s*=\s*({_INT})\s*([+\-*])\s*({_INT})\s*=\s*({_INT})\s*$")
 
 
+_REGISTERS_Q = (
+    "Registers start at a={a}, b={b}, c={c}. Run: {program}. "
+    "Answer with the final registers as a=.. b=.. c=.."
+)
+_REGISTERS_RE = _pattern(
+    _REGISTERS_Q, a=_NAT, b=_NAT, c=_NAT, program=_items(r"[abc] = [abc] [+\-*] [abc]", "; ")
+)
+
+
 class Registers:
     """Simulation: registers a, b, c through a short program of ``x = y op z`` instructions."""
 
@@ -361,12 +453,21 @@ class Registers:
         for _ in range(level + 2):
             dst, x, y = rng.choice("abc"), rng.choice("abc"), rng.choice("abc")
             program.append((dst, x, rng.choice("+-*" if level > 1 else "+-"), y))
-        question = (
-            "Registers start at "
-            + ", ".join(f"{r}={v}" for r, v in regs.items())
-            + ". Run: "
-            + "; ".join(f"{d} = {x} {o} {y}" for d, x, o, y in program)
-            + ". Answer with the final registers as a=.. b=.. c=.."
+        return self._build(regs, program, level)
+
+    def parse(self, question: str) -> Task | None:
+        m = _REGISTERS_RE.fullmatch(question)
+        if not m:
+            return None
+        regs = {r: int(m[r]) for r in "abc"}
+        program = re.findall(r"([abc]) = ([abc]) ([+\-*]) ([abc])", m["program"])
+        return _canonical(self._build(regs, program, max(1, len(program) - 2)), question)
+
+    def _build(
+        self, regs: dict[str, int], program: list[tuple[str, str, str, str]], level: int
+    ) -> Task:
+        question = _REGISTERS_Q.format(
+            **regs, program="; ".join(f"{d} = {x} {o} {y}" for d, x, o, y in program)
         )
         steps, state = [], dict(regs)
         for dst, x, op, y in program:

@@ -2,7 +2,10 @@
 
 Two kinds of source share one interface: the project's own generators (with gold step-by-step
 traces, :mod:`pdclm.data.generators`) and datasets of the ``reasoning-gym`` package (scored by
-its own ``score_answer``). Every source has a difficulty knob ``level`` (1 = easiest).
+its own ``score_answer``). Every source has a difficulty knob ``level`` (1 = easiest). Where a
+trace writer in ``GYM_TRACES`` can work one out, reasoning-gym items carry gold thinking too, in
+the conventions of :mod:`pdclm.cognition.ccm` (each ``a op b = c`` true, the last ``= v`` the
+answer), so the same consistency checks and step rewards apply to them.
 
 Known traps, designed around:
 - reasoning-gym builds item i from seed + i, so neighbouring seeds share almost every item and
@@ -17,11 +20,13 @@ Known traps, designed around:
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pdclm.data.generators import GENERATORS
+from pdclm.data.generators import GENERATORS, eval_steps
 
 EVAL_SEED = 1_000_000_007
 """Held-out items come from seeds at and above this; training seeds stay far below it."""
@@ -57,9 +62,8 @@ GYM_LEVELS: dict[str, dict[int, dict[str, Any]]] = {
             min_digits=1,
             max_digits=2,
             operators=("+", "-", "*"),
-            allow_parentheses=False,
             allow_negation=False,
-        ),
+        ),  # parentheses stay allowed: without them the package evaluates left to right
         3: dict(
             min_terms=3,
             max_terms=4,
@@ -120,6 +124,98 @@ GYM_LEVELS: dict[str, dict[int, dict[str, Any]]] = {
     },
 }
 
+_INT = r"-?\d+"
+_EXPRESSION = re.compile(rf"\s*({_INT})((?:\s*[+\-*]\s*{_INT})*)\s*")
+
+
+def _arithmetic_trace(entry: dict) -> tuple[str, ...]:
+    """Integer ``+ - *`` expressions, as :class:`~pdclm.data.generators.Arithmetic` writes them;
+    () for parentheses, division or decimals, or where the package's answer disagrees."""
+    m = _EXPRESSION.fullmatch(entry["metadata"]["expression"])
+    if not m:
+        return ()
+    pairs = re.findall(rf"([+\-*])\s*({_INT})", m[2])
+    steps, value = eval_steps([int(m[1]), *(int(n) for _, n in pairs)], [op for op, _ in pairs])
+    return steps if str(value) == entry["answer"] else ()
+
+
+def _spell_backward_trace(entry: dict) -> tuple[str, ...]:
+    word = entry["metadata"]["word"]
+    if word[::-1] != entry["answer"]:
+        return ()
+    return f"letters: {' '.join(word)}", f"reversed: {' '.join(word[::-1])}"
+
+
+def _letter_counting_trace(entry: dict) -> tuple[str, ...]:
+    """One count per word, case-insensitive as the package counts."""
+    words, letter = entry["metadata"]["span"], entry["metadata"]["target_letter"].lower()
+    counts = [w.lower().count(letter) for w in words]
+    if str(sum(counts)) != entry["answer"]:
+        return ()
+    return (*(f"{w}: {k}" for w, k in zip(words, counts, strict=True)), f"total = {sum(counts)}")
+
+
+def _count_bits_trace(entry: dict) -> tuple[str, ...]:
+    """``binary ...`` rather than ``n = ...`` so that the only ``= v`` is the answer."""
+    bits = bin(entry["metadata"]["number"])[2:]
+    if str(bits.count("1")) != entry["answer"]:
+        return ()
+    return f"binary {bits}", f"ones = {bits.count('1')}"
+
+
+def _minus(a: int, b: int) -> str:
+    return f"{a} - {b}" if b >= 0 else f"{a} + {-b}"
+
+
+def _simple_equation_trace(entry: dict) -> tuple[str, ...]:
+    """Two-term equations ``k*x + c = b`` in any order and sign (``k`` and ``c`` optional):
+    move the constant across, then divide by the coefficient; () for anything else."""
+    x = entry["metadata"]["variable"]
+    lhs, _, rhs = entry["metadata"]["equation"].replace(" ", "").partition("=")
+    terms = re.findall(r"([+-]?)([^+-]+)", lhs)
+    if len(terms) > 2 or "".join(map("".join, terms)) != lhs or not re.fullmatch(_INT, rhs):
+        return ()
+    coef, const, b = 0, 0, int(rhs)
+    for sign, term in terms:
+        s = -1 if sign == "-" else 1
+        var = re.fullmatch(rf"(\d+)\*{x}|{x}\*(\d+)|{x}", term)
+        if term.isdecimal():
+            const += s * int(term)
+        elif var and not coef:
+            coef = s * int(var[1] or var[2] or 1)
+        else:
+            return ()
+    if not coef or (b - const) % coef:
+        return ()
+    k, value = abs(coef), (b - const) // coef
+    if const == 0:
+        steps: tuple[str, ...] = (f"{x} = {b} / {coef} = {value}",)
+    else:
+        rest = _minus(b, const) if coef > 0 else _minus(const, b)
+        head = x if k == 1 else f"{k}*{x}"
+        steps = (f"{head} = {rest} = {k * value}",)
+        if k != 1:
+            steps += (f"{x} = {k * value} / {k} = {value}",)
+    return steps if str(value) == entry["answer"] else ()
+
+
+def _number_sorting_trace(entry: dict) -> tuple[str, ...]:
+    """The sorted numbers as a plain line; the answer is then only their list format."""
+    md = entry["metadata"]
+    return (f"{md['direction']}: {' '.join(md['sorted_numbers'])}",)
+
+
+GYM_TRACES: dict[str, Callable[[dict], tuple[str, ...]]] = {
+    "basic_arithmetic": _arithmetic_trace,
+    "chain_sum": _arithmetic_trace,
+    "spell_backward": _spell_backward_trace,
+    "letter_counting": _letter_counting_trace,
+    "count_bits": _count_bits_trace,
+    "simple_equations": _simple_equation_trace,
+    "number_sorting": _number_sorting_trace,
+}
+"""reasoning-gym task -> gold thinking for one of its entries (() where it cannot tell)."""
+
 _INSTRUCTION_MARKERS = ("\nPlease follow the instruction below:",)
 
 
@@ -147,8 +243,16 @@ class GymSource:
         ds = reasoning_gym.create_dataset(
             self.name, seed=seed, size=n, **GYM_LEVELS[self.name][level]
         )
+        trace = GYM_TRACES.get(self.name, lambda _: ())
         return [
-            Item(self.name, level, strip_instructions(e["question"]), str(e["answer"]), (), (ds, e))
+            Item(
+                self.name,
+                level,
+                strip_instructions(e["question"]),
+                str(e["answer"]),
+                trace(e),
+                (ds, e),
+            )
             for e in ds
         ]
 

@@ -4,7 +4,9 @@ The entropy model, the local encoder, the latent transformer, the local decoder 
 baseline are all made of :class:`Block`. A block attends either causally over everything it is
 given (``window=None``) or over a causal local window, optionally only among positions of the
 same segment (the decoder's "same patch" rule). Each block can also run one position at a
-time against a :class:`KVCache`, which is what makes generation incremental.
+time against a cache, which is what makes generation incremental: :class:`KVCache` for rows
+that advance together, :class:`RowKVCache` for rows that advance at their own pace (the
+latent stack, where each row closes patches at different steps).
 """
 
 from __future__ import annotations
@@ -28,36 +30,95 @@ class RMSNorm(nn.Module):
 
 
 def rotary(head_dim: int, positions: Tensor, base: float = 10000.0) -> tuple[Tensor, Tensor]:
-    """cos/sin tables (T, head_dim/2) for the given absolute positions."""
+    """cos/sin tables (*positions.shape, head_dim/2) for the given absolute positions."""
     inv = 1.0 / base ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
-    angles = positions.float()[:, None] * inv[None, :]
+    angles = positions.float()[..., None] * inv
     return angles.cos(), angles.sin()
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (B, H, T, D) by per-position angles; computed in fp32, returned in x's dtype."""
+    """Rotate (B, H, T, D) by per-position angles; computed in fp32, returned in x's dtype.
+
+    Tables are (T, D/2) for positions shared by all rows, or (B, T, D/2) for per-row positions.
+    """
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]
     x1, x2 = x.float().chunk(2, dim=-1)
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return out.to(x.dtype)
 
 
 class KVCache:
-    """Keys/values of the positions seen so far; keeps only the last ``window`` if set."""
+    """Keys/values of the positions seen so far; keeps only the last ``window`` if set.
+
+    Rows advance together (one position per call). With segment ids, a query sees only the
+    cached keys of its own segment: the decoder's "same patch" rule, per row.
+    """
 
     def __init__(self, window: int | None = None) -> None:
         self.window = window
         self.k: Tensor | None = None
         self.v: Tensor | None = None
+        self.seg: Tensor | None = None
 
     def reset(self) -> None:
-        self.k = self.v = None
+        self.k = self.v = self.seg = None
 
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def append(
+        self, k: Tensor, v: Tensor, seg: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Add (B, H, 1, D) keys/values; return all visible keys, values and a mask (or None)."""
         self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
         self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        if seg is not None:
+            self.seg = seg.clone() if self.seg is None else torch.cat([self.seg, seg], dim=1)
         if self.window is not None and self.k.shape[2] > self.window:
             self.k, self.v = self.k[:, :, -self.window :], self.v[:, :, -self.window :]
-        return self.k, self.v
+            self.seg = None if self.seg is None else self.seg[:, -self.window :]
+        mask = None if seg is None else (self.seg == seg[:, -1:])[:, None, None, :]
+        return self.k, self.v, mask
+
+
+class RowKVCache:
+    """Keys/values for rows that advance at their own pace: each call appends one position to
+    a chosen subset of rows (:meth:`rows`), and each row sees only its own filled length."""
+
+    def __init__(self, batch: int) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+        self.length = torch.zeros(batch, dtype=torch.long)
+
+    def rows(self, index: Tensor) -> _RowView:
+        return _RowView(self, index)
+
+    def _grow(self, k: Tensor, need: int) -> None:
+        B = self.length.numel()
+        if self.k is None:
+            shape = (B, k.shape[1], max(16, need), k.shape[3])
+            self.k, self.v = k.new_zeros(shape), k.new_zeros(shape)
+            self.length = self.length.to(k.device)
+        elif need > self.k.shape[2]:
+            pad = max(need, 2 * self.k.shape[2]) - self.k.shape[2]
+            self.k, self.v = (F.pad(t, (0, 0, 0, pad)) for t in (self.k, self.v))
+
+
+class _RowView:
+    """The rows of a :class:`RowKVCache` that step in the current call."""
+
+    def __init__(self, cache: RowKVCache, index: Tensor) -> None:
+        self.cache, self.index = cache, index
+
+    def append(
+        self, k: Tensor, v: Tensor, seg: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        c, idx = self.cache, self.index
+        c._grow(k, int(c.length[idx].max()) + 1 if idx.numel() else 1)
+        at = c.length[idx]
+        c.k[idx, :, at], c.v[idx, :, at] = k[:, :, 0], v[:, :, 0]
+        c.length[idx] += 1
+        n = int(c.length[idx].max())
+        mask = torch.arange(n, device=k.device)[None, :] < c.length[idx][:, None]
+        return c.k[idx, :, :n], c.v[idx, :, :n], mask[:, None, None, :]
 
 
 def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int, seg: Tensor | None) -> Tensor:
@@ -104,18 +165,18 @@ class Attention(nn.Module):
         x: Tensor,
         rope: tuple[Tensor, Tensor],
         seg: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | _RowView | None = None,
     ) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
-            # incremental, one position per call: every cached key is visible (the cache holds
-            # exactly the window), so no mask is needed
+            # incremental, one position per call: the cache holds exactly the window, so only
+            # segments (or per-row lengths) need a mask
             if T != 1:
                 raise ValueError("a cached attention step takes one position at a time")
-            k, v = cache.append(k, v)
-            y = F.scaled_dot_product_attention(q, k, v)
+            k, v, mask = cache.append(k, v, seg)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         elif self.window is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -148,7 +209,7 @@ class Block(nn.Module):
         x: Tensor,
         rope: tuple[Tensor, Tensor],
         seg: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | _RowView | None = None,
     ) -> Tensor:
         x = x + self.attn(self.attn_norm(x), rope, seg, cache)
         return x + self.mlp(self.mlp_norm(x))
@@ -173,8 +234,9 @@ class Stack(nn.Module):
         x: Tensor,
         positions: Tensor | None = None,
         seg: Tensor | None = None,
-        caches: list[KVCache] | None = None,
+        caches: list[KVCache] | list[_RowView] | None = None,
     ) -> Tensor:
+        """``positions``: (T,) shared by all rows, or (B, T) per row (cached steps only)."""
         if positions is None:
             positions = torch.arange(x.shape[1], device=x.device)
         rope = rotary(self.head_dim, positions)

@@ -14,14 +14,12 @@ Because a patch start at t depends only on symbols before t, no output ever sees
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pdclm.config import ModelConfig, PSEConfig
-from pdclm.model.layers import Stack, init_weights
+from pdclm.model.layers import RowKVCache, Stack, init_weights
 from pdclm.pse.encoder import PatchEncoder
 from pdclm.pse.entropy import EntropyModel, EntropyStream
 from pdclm.pse.patcher import boundary_candidates, patch_ids, patch_starts
@@ -97,8 +95,8 @@ class PDCLM(nn.Module):
         return self.head(self.decoder(x, seg=target_pid))
 
     # -------------------------------------------------------------------------- generation path
-    def start_stream(self) -> Stream:
-        return Stream(self)
+    def start_stream(self, batch: int = 1) -> Stream:
+        return Stream(self, batch)
 
     @torch.no_grad()
     def generate(
@@ -114,13 +112,13 @@ class PDCLM(nn.Module):
         stream = self.start_stream()
         logits = None
         for tok in prompt:
-            logits = stream.push(tok)
+            logits = stream.push_one(tok)
         for _ in range(max_new):
-            nxt = sample_next(logits, temperature, top_k, generator)
+            nxt = int(sample_next(logits, temperature, top_k, generator))
             yield nxt
             if nxt in stop:
                 return
-            logits = stream.push(nxt)
+            logits = stream.push_one(nxt)
 
 
 def sample_next(
@@ -128,84 +126,87 @@ def sample_next(
     temperature: float = 1.0,
     top_k: int = 0,
     generator: torch.Generator | None = None,
-) -> int:
-    """One symbol from next-symbol logits: greedy at temperature 0, else top-k sampling."""
+) -> Tensor:
+    """Symbols (...) from next-symbol logits (..., V): greedy at temperature 0, else top-k."""
     if temperature <= 0:
-        return int(logits.argmax())
+        return logits.argmax(-1)
     scaled = logits.float() / temperature
     if top_k:
-        kth = scaled.topk(min(top_k, scaled.numel())).values[-1]
+        kth = scaled.topk(min(top_k, scaled.shape[-1]), dim=-1).values[..., -1:]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-    return int(torch.multinomial(scaled.softmax(-1), 1, generator=generator))
+    probs = scaled.softmax(-1).reshape(-1, scaled.shape[-1])
+    return torch.multinomial(probs, 1, generator=generator).view(scaled.shape[:-1])
 
 
-@dataclass
 class Stream:
-    """Incremental state of one sequence: every cache the model needs to predict the next symbol.
+    """Incremental state of B sequences that advance together, one symbol per row per push.
 
-    ``push(symbol)`` costs one encoder step, one entropy step, one decoder step and, only when a
-    patch closes, one latent step. Its logits equal the full forward pass's.
+    A push costs one encoder, entropy and decoder step for every row and, for the rows whose
+    patch closes, one latent step. Rows close patches at different steps, so the latent stack
+    keeps a per-row cache. Its logits equal the full forward pass's, row by row.
     """
 
-    model: PDCLM
-    tokens: list[int] = field(default_factory=list)
-    starts: list[bool] = field(default_factory=list)
-    entropies: list[float] = field(default_factory=list)
-
     @torch.no_grad()
-    def __post_init__(self) -> None:
-        m = self.model
+    def __init__(self, model: PDCLM, batch: int = 1) -> None:
+        m = self.model = model
+        self.batch, self.device = batch, m.head.weight.device
         self.entropy = EntropyStream(m.entropy)
         self.enc_caches = m.encoder.local.new_caches()
-        self.lat_caches = m.latent.new_caches()
+        self.lat_caches = [RowKVCache(batch) for _ in m.latent.blocks]
         self.dec_caches = m.decoder.new_caches()
-        self.patch_h: list[Tensor] = []  # encoder states of the open patch
-        self.n_patches = 0
-        self.last_candidate = 0
+        self.length = 0
+        window = m.pse_cfg.patcher.max_len
+        self.recent_h = torch.zeros(batch, 0, m.pse_cfg.encoder.dim, device=self.device)
+        self.recent_tokens = torch.zeros(batch, 0, dtype=torch.long, device=self.device)
+        self.recent_entropy = torch.zeros(batch, 0, device=self.device)
         self.ngram_context = max(m.pse_cfg.encoder.ngrams) - 1
-        self.ctx = m.from_latent(m.bos_latent.view(1, 1, -1))
-        self.device = m.head.weight.device
+        self.keep = max(window, self.ngram_context, 2)  # positions of history kept per row
+        z = torch.zeros(batch, dtype=torch.long, device=self.device)
+        self.patch_start = z.clone()  # position where each row's open patch began
+        self.last_candidate = z.clone()
+        self.n_patches = z.clone()  # finished patches per row (= the open patch's id)
+        self.start_now = torch.ones(batch, dtype=torch.bool, device=self.device)
+        self.ctx = m.from_latent(m.bos_latent).expand(batch, 1, -1).clone()
+
+    def push_one(self, token: int) -> Tensor:
+        """Single-row convenience: logits (V,)."""
+        return self.push(torch.tensor([token], device=self.device))[0]
 
     @torch.no_grad()
-    def push(self, token: int) -> Tensor:
-        """Append ``token``; return logits (V,) for the symbol after it."""
-        m, i = self.model, len(self.tokens)
-        self.tokens.append(token)
-        if i == 0:
-            self.starts.append(True)
-            self.entropies.append(0.0)
+    def push(self, tokens: Tensor) -> Tensor:
+        """Append one symbol per row (B,); return logits (B, V) for the symbol after each."""
+        m, i, cfg = self.model, self.length, self.model.pse_cfg.patcher
+        tokens = tokens.to(self.device).long()
+        self.length += 1
+        self.patch_start = torch.where(self.start_now, i, self.patch_start)
+        history = self.recent_tokens[:, -self.ngram_context :] if i else None
         pos = torch.tensor([i], device=self.device)
-        x = torch.tensor([[token]], device=self.device)
-        history = torch.tensor([self.tokens[-1 - self.ngram_context : -1]], device=self.device)
-        h = m.encoder.hidden(x, pos, self.enc_caches, history if i else None)  # (1, 1, d)
-        if self.starts[i]:
-            self.patch_h = []
-        self.patch_h.append(h)
+        h = m.encoder.hidden(tokens[:, None], pos, self.enc_caches, history)  # (B, 1, d)
+        ent_next = self.entropy.push(tokens)
+        self.recent_h = torch.cat([self.recent_h, h], 1)[:, -self.keep :]
+        self.recent_tokens = torch.cat([self.recent_tokens, tokens[:, None]], 1)[:, -self.keep :]
+        if i == 0:
+            self.recent_entropy = torch.zeros(self.batch, 1, device=self.device)
+        self.recent_entropy = torch.cat([self.recent_entropy, ent_next[:, None]], 1)[:, -3:]
 
-        # decide whether the next position starts a patch (depends only on symbols so far)
-        self.entropies.append(self.entropy.push(token))
-        tail = slice(max(0, i - 1), i + 2)
-        toks = torch.tensor([self.tokens[tail] + [0]], device=self.device)
-        ent = torch.tensor([self.entropies[tail]], device=self.device)
-        cfg = m.pse_cfg.patcher
-        if boundary_candidates(toks, ent, cfg, float(m.threshold))[0, -1]:
-            self.last_candidate = i + 1
-        start_next = (i + 1 - self.last_candidate) % cfg.max_len == 0
-        self.starts.append(start_next)
+        # does position i+1 start a patch? (depends only on the symbols up to i)
+        toks = F.pad(self.recent_tokens[:, -2:], (0, 1))
+        cand = boundary_candidates(toks, self.recent_entropy[:, -3:], cfg, float(m.threshold))
+        self.last_candidate = torch.where(cand[:, -1], i + 1, self.last_candidate)
+        self.start_now = (i + 1 - self.last_candidate) % cfg.max_len == 0
 
-        if start_next:  # the open patch is complete: one latent step
-            ph = torch.cat(self.patch_h, dim=1)
-            vec = m.encoder.pool(
-                ph, torch.zeros(1, ph.shape[1], dtype=torch.long, device=self.device), 1
-            )
+        closing = self.start_now.nonzero()[:, 0]
+        if closing.numel():  # those rows' open patch is complete: one latent step for them
+            n = self.recent_h.shape[1]
+            offset = torch.arange(i + 1 - n, i + 1, device=self.device)
+            outside = (offset[None, :] < self.patch_start[closing, None]).long()
+            vec = m.encoder.pool(self.recent_h[closing], outside, 2)[:, :1]
             z = m.latent(
                 m.to_latent(vec),
-                torch.tensor([self.n_patches], device=self.device),
-                caches=self.lat_caches,
+                self.n_patches[closing, None],
+                caches=[c.rows(closing) for c in self.lat_caches],
             )
-            self.n_patches += 1
-            self.ctx = m.from_latent(z)
-            for c in self.dec_caches:
-                c.reset()
-        out = m.decoder(h + self.ctx, pos, caches=self.dec_caches)
-        return m.head(out)[0, -1]
+            self.ctx[closing] = m.from_latent(z).to(self.ctx.dtype)
+        self.n_patches = self.n_patches + self.start_now.long()  # patch id of position i+1
+        out = m.decoder(h + self.ctx, pos, self.n_patches[:, None], caches=self.dec_caches)
+        return m.head(out)[:, -1]

@@ -68,7 +68,8 @@ class EntropyModel(nn.Module):
 
 
 class EntropyStream:
-    """Incremental profile for generation: entropy of the next position, one symbol at a time.
+    """Incremental profile for generation: entropy of the next position, one symbol per row at
+    a time (rows advance together).
 
     Keeps a KV cache for the current window and rebuilds it when the serving window moves
     (every ``context/2`` symbols), so each value equals :meth:`EntropyModel.profile`'s.
@@ -76,30 +77,27 @@ class EntropyStream:
 
     def __init__(self, model: EntropyModel) -> None:
         self.model = model
-        self.tokens: list[int] = []
+        self.tokens: list[Tensor] = []  # one (B,) tensor per position
         self.start = 0
         self.caches = model.stack.new_caches()
 
     @torch.no_grad()
-    def push(self, token: int) -> float:
-        """Append a symbol; return the entropy (bits) of predicting the symbol after it."""
-        self.tokens.append(token)
+    def push(self, tokens: Tensor) -> Tensor:
+        """Append one symbol per row (B,); return the entropy (bits, (B,)) of the next one."""
+        self.tokens.append(tokens)
         t = len(self.tokens)  # the position being predicted
         s = window_start(t, self.model.context)
-        device = self.model.head.weight.device
         if s != self.start:  # the serving window moved: rebuild its cache
             self.start = s
             self.caches = self.model.stack.new_caches()
-            todo = self.tokens[s:]
+            first = 0
         else:
-            todo = self.tokens[-1:]
-        first = len(self.tokens) - len(todo) - s
+            first = t - 1 - s
         logits = None
-        for i, tok in enumerate(todo):
-            x = torch.tensor([[tok]], device=device)
-            pos = torch.tensor([first + i], device=device)
-            logits = self.model(x, pos, self.caches)
-        return float(entropy_bits(logits[0, -1]))
+        for i in range(first, t - s):
+            x = self.tokens[s + i][:, None]
+            logits = self.model(x, torch.tensor([i], device=x.device), self.caches)
+        return entropy_bits(logits[:, -1])
 
 
 @torch.no_grad()
