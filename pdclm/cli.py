@@ -2,10 +2,11 @@
 
     pdclm run       [--preset cpu] [--out DIR] [--resume DIR]      all phases, report, plots
     pdclm prepare   [--data.sources PATH ...] [--data.dir DIR]     ingest into byte shards
-    pdclm train     pretrain [--out DIR] [--resume DIR]            one phase
+    pdclm train     pretrain|cognitive [--out DIR] [--resume DIR]  one phase
     pdclm pse       "some text" | --file F  [--ckpt RUN] [--plot out.png]
     pdclm generate  --ckpt RUN "prompt" [--max-bytes 200]
     pdclm solve     --ckpt RUN "question" [--think-budget 8] [--samples 3] [--context TEXT]
+    pdclm selfplay  --ckpt RUN [--episodes FILE]                   verified self-play episodes
     pdclm eval      --ckpt RUN                                     held-out bits per byte
     pdclm bench     pretrain [--preset tiny|cpu] --json FILE       PD-CLM vs byte transformer
 
@@ -112,6 +113,20 @@ class SolveCmd(Common):
 
 
 @dataclass
+class SelfplayCmd(Common):
+    """Self-play with a trained model: it proposes tasks in the project's generator formats
+    and solves them, and several copies discuss questions; verified episodes go to a file.
+    Sizes come from the ``cognitive`` config section (``--cognitive.proposals`` etc.)."""
+
+    ckpt: str | None = None
+    episodes: str | None = None
+    """JSONL file for the verified episodes (default: RUN/selfplay.jsonl)."""
+    seed: int = 0
+    show: int = 3
+    """Kept episodes to print."""
+
+
+@dataclass
 class EvalCmd(Common):
     """Held-out bits per byte of a trained model."""
 
@@ -133,6 +148,7 @@ COMMANDS: dict[str, type[Common]] = {
     "pse": PseCmd,
     "generate": GenerateCmd,
     "solve": SolveCmd,
+    "selfplay": SelfplayCmd,
     "eval": EvalCmd,
     "bench": BenchCmd,
 }
@@ -314,6 +330,59 @@ def cmd_solve(args: SolveCmd) -> dict:
     return result
 
 
+def cmd_selfplay(args: SelfplayCmd) -> dict:
+    import random
+
+    import torch
+
+    from pdclm.cognition.selfplay import dialogue, propose_and_solve
+    from pdclm.data.generators import GENERATORS
+    from pdclm.eval.tasks import eval_budget, generation_context, held_out_sets
+    from pdclm.model.io import find_model_dir, load_model
+    from pdclm.train.cognitive import write_jsonl_atomic
+
+    cfg = args.config
+    folder = find_model_dir(args.ckpt)
+    model, _ = load_model(folder)
+    sets = held_out_sets(cfg.tasks)
+    exclude = {it.question for items in sets.values() for it in items}
+    gen = torch.Generator().manual_seed(args.seed)
+    budget, cg = eval_budget(cfg.tasks), cfg.cognitive
+    own = [n for n in cfg.tasks.names if n in GENERATORS]
+    rng = random.Random(args.seed)
+    from pdclm.data.tasks import make_source, training_items
+
+    talk_items = [
+        it
+        for name in cfg.tasks.names
+        for it in training_items(
+            make_source(name),
+            1,
+            -(-cg.dialogue_items // len(cfg.tasks.names)),
+            1 + args.seed,
+            exclude,
+        )
+    ]
+    rng.shuffle(talk_items)
+    with generation_context(cfg.train.bf16):
+        kept, proposer = propose_and_solve(
+            model, own, cg.proposals, cg.solver_samples, budget, cg.temperature, exclude, gen
+        )
+        talks, talk = dialogue(
+            model, talk_items[: cg.dialogue_items], cg.agents, budget, cg.temperature, gen
+        )
+    kept += talks
+    out = Path(args.episodes) if args.episodes else folder.parent / "selfplay.jsonl"
+    write_jsonl_atomic(out, [v.to_json() for v in kept])
+    print(f"proposer/solver: {proposer}")
+    print(f"dialogue: {talk}")
+    for v in kept[: args.show]:
+        print(f"--- {v.kind} ({v.task})\n{v.episode.question}\n  " + "\n  ".join(v.episode.steps))
+        print(f"  => {v.episode.answer}")
+    print(f"{len(kept)} verified episodes -> {out}")
+    return {"proposer": proposer, "dialogue": talk, "kept": len(kept), "episodes": str(out)}
+
+
 def cmd_eval(args: EvalCmd) -> dict:
     import numpy as np
     import torch
@@ -371,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                 "pse": cmd_pse,
                 "generate": cmd_generate,
                 "solve": cmd_solve,
+                "selfplay": cmd_selfplay,
                 "eval": cmd_eval,
                 "bench": cmd_bench,
             }[name](args)

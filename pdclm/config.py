@@ -224,7 +224,7 @@ class CognitiveConfig:
 class Config:
     preset: str = "default"
     """Preset name (tiny, cpu, gpu) or a .toml/.json config file; read before other flags."""
-    phases: list[str] = field(default_factory=lambda: ["pretrain"])
+    phases: list[str] = field(default_factory=lambda: ["pretrain", "cognitive"])
     """Phases ``pdclm run`` executes, in order."""
     data: DataConfig = field(default_factory=DataConfig)
     pse: PSEConfig = field(default_factory=PSEConfig)

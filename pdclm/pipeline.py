@@ -40,9 +40,10 @@ class Phase(Protocol):
 
 def phase_registry() -> dict[str, type]:
     """Every phase ``pdclm run`` knows, by name, in the order they run."""
+    from pdclm.train.cognitive import Cognitive
     from pdclm.train.pretrain import Pretrain
 
-    return {cls.name: cls for cls in (Pretrain,)}
+    return {cls.name: cls for cls in (Pretrain, Cognitive)}
 
 
 def new_run_dir(out: str | None) -> Path:

@@ -110,6 +110,20 @@ def test_make_is_unchanged():
         ("59 - 1 = 58", "withdraw 70 declined", "58 - 4 = 54", "withdraw 66 declined"),
         "54",
     )
+    task = GENERATORS["hanoi"].make(random.Random(0), 1)
+    assert (task.question, task.steps, task.answer) == (
+        HANOI.format(3, "3", "2,1", "-", "B"),
+        (
+            "disk 1 B -> A",
+            "disk 2 B -> C",
+            "disk 1 A -> C",
+            "disk 3 A -> B",
+            "disk 1 C -> A",
+            "disk 2 C -> B",
+            "disk 1 A -> B",
+        ),
+        "BA BC AC AB CA CB AB",
+    )
 
 
 @pytest.mark.parametrize("name", sorted(GENERATORS))
@@ -131,6 +145,11 @@ GRID = "Find a shortest path from S to G; # is a wall. Answer with moves U/D/L/R
 REGISTERS = (
     "Registers start at a=1, b=2, c=3. Run: {}. Answer with the final registers as a=.. b=.. c=.."
 )
+HANOI = (
+    "Tower of Hanoi, disks 1 (smallest) to {}. Pegs: A={} B={} C={}. Move every disk to peg {}, "
+    "one at a time, never a larger disk on a smaller one, in the fewest moves. Answer with the "
+    "moves as source-target pairs, e.g. AC AB."
+)
 BANK = (
     "An account starts with {}. Events: {}. A withdrawal larger than the balance is declined; "
     "fees always apply. What is the final balance?"
@@ -145,7 +164,18 @@ BANK = (
         ("grid_path", GRID + "S.S\n...\n..G"),  # two starts
         ("grid_path", GRID + "S..\n...\n..."),  # no goal
         ("grid_path", GRID + "\n".join(["S" + "." * 12, *["." * 13] * 11, "." * 12 + "G"])),
-        ("hanoi", GENERATORS["hanoi"].make(random.Random(0), 1).question.replace("2", "9")),
+        ("hanoi", HANOI.format(9, "9,8,7,6,5,4,3,2,1", "-", "-", "C")),  # too many disks
+        ("hanoi", HANOI.format(0, "-", "-", "-", "C")),  # no disks
+        ("hanoi", HANOI.format(3, "4,1", "2", "-", "C")),  # wrong disk set
+        ("hanoi", HANOI.format(3, "1,3", "2", "-", "C")),  # larger disk on a smaller one
+        ("hanoi", HANOI.format(3, "3,1", "-", "-", "C")),  # disk 2 missing
+        ("hanoi", HANOI.format(3, "3,1", "2", "2", "C")),  # disk 2 twice
+        ("hanoi", HANOI.format(3, "3,1", "2", "-", "D")),  # unknown target peg
+        ("hanoi", HANOI.format(3, "3,1", "2", "-", "C").replace("C=-", "D=-")),  # unknown peg
+        ("hanoi", HANOI.format(3, "3,1", "2", "", "C")),  # empty peg not written as -
+        ("hanoi", HANOI.format(3, "3, 1", "2", "-", "C")),  # not how the generator writes pegs
+        ("hanoi", HANOI.format(3, "-", "-", "3,2,1", "C")),  # already solved
+        ("hanoi", HANOI.format(3, "3,1", "2", "-", "C") + " Go."),  # trailing junk
         ("arithmetic", "Compute 7."),  # no operation
         ("arithmetic", "Compute 07 + 1."),  # not how the generator writes numbers
         ("arithmetic", "Compute 1234567 + 1."),
@@ -170,3 +200,50 @@ def test_parse_infers_the_level_from_the_size():
     assert GENERATORS["grid_path"].parse(GRID + "SG\n..").answer == "R"
     assert GENERATORS["bank"].parse(BANK.format(5, "fee 9")).answer == "-4"
     assert GENERATORS["registers"].parse(REGISTERS.format("c = a * b")).answer == "a=1 b=2 c=2"
+    task = GENERATORS["hanoi"].parse(HANOI.format(3, "3,1", "2", "-", "C"))
+    assert (task.level, task.answer) == (1, "AB AC BA BC AC")
+    assert task.steps[:2] == ("disk 1 A -> B", "disk 3 A -> C")
+    assert GENERATORS["hanoi"].parse(HANOI.format(1, "1", "-", "-", "B")).level == 1
+    assert GENERATORS["hanoi"].parse(HANOI.format(6, "6,5,4,3,2,1", "-", "-", "C")).level == 4
+
+
+def test_hanoi_has_many_questions_per_level():
+    """Held-out sets are deduplicated against training by question, so one question per level
+    would leave nothing to train on."""
+    rng = random.Random(0)
+    questions = {GENERATORS["hanoi"].make(rng, 1).question for _ in range(500)}
+    assert 50 <= len(questions) <= 3**3 * 3 - 3
+
+
+def hanoi_distance(where: tuple[str, ...], target: str) -> int:
+    """Fewest moves from ``where`` (disk k on peg ``where[k - 1]``) to every disk on ``target``,
+    by breadth-first search over all states: independent of the generator's recursion."""
+    goal = (target,) * len(where)
+    dist, queue = {where: 0}, [where]
+    for state in queue:
+        if state == goal:
+            return dist[state]
+        tops = {p: min((k for k, q in enumerate(state) if q == p), default=None) for p in "ABC"}
+        for src, k in tops.items():
+            for dst, other in tops.items():
+                if k is not None and dst != src and (other is None or other > k):
+                    nxt = state[:k] + (dst,) + state[k + 1 :]
+                    if nxt not in dist:
+                        dist[nxt] = dist[state] + 1
+                        queue.append(nxt)
+    raise AssertionError("goal unreachable")
+
+
+def test_hanoi_gold_answer_is_optimal():
+    gen, rng = GENERATORS["hanoi"], random.Random(1)
+    for i in range(30):
+        task = gen.make(rng, 1 + i % 2)
+        where = tuple(
+            next(p for p, stack in task.facts["pegs"].items() if k in stack)
+            for k in range(1, task.facts["disks"] + 1)
+        )
+        best = hanoi_distance(where, task.facts["target"])
+        assert len(task.answer.split()) == len(task.steps) == task.facts["moves"] == best
+        assert gen.score(task, task.answer) == 1.0
+        moves = task.answer.split()  # a legal but longer route is not the fewest moves
+        assert gen.score(task, " ".join([moves[0], moves[0][::-1], *moves])) == 0.0

@@ -130,3 +130,19 @@ def test_byte_baseline_is_causal_and_matches_size():
     m = matched_byte_transformer(500_000, 64, 2, 8 / 3)
     per_layer = sum(p.numel() for p in m.stack.blocks[0].parameters())
     assert abs(m.num_params() - 500_000) <= per_layer
+
+
+def test_rows_leaving_the_stream_do_not_change_the_others():
+    """Finished rows leave a batched stream (``select``); the rest go on exactly."""
+    model = small_model()
+    tokens = random_tokens(90, batch=4)
+    with torch.no_grad():
+        full = model(tokens)
+        stream = model.start_stream(batch=4)
+        rows = [0, 1, 2, 3]
+        for t in range(89):
+            if t in (23, 61):  # drop the first row and reverse the order of the others
+                stream.select(torch.arange(1, len(rows)).flip(0))
+                rows = rows[1:][::-1]
+            logits = stream.push(tokens[rows, t])
+            torch.testing.assert_close(logits, full[rows, t], atol=2e-4, rtol=1e-4)

@@ -176,10 +176,11 @@ def test_a_corrupt_checkpoint_stops_resume_with_a_clear_error(
     assert "corrupt" in err and str(ckpt) in err
 
 
-def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, corpus, monkeypatch):
+def test_a_run_killed_in_either_phase_resumes_to_the_same_weights(tmp_path, corpus, monkeypatch):
     from safetensors.torch import load_file
 
     from pdclm.data.shards import BatchSampler
+    from pdclm.train.cognitive import RoundData
 
     args = [*common(tmp_path, corpus), "--train.steps", "30"]
     assert main(["run", *args, "--out", str(tmp_path / "straight")]) == 0
@@ -195,6 +196,19 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path, corpus,
     assert main(["run", *args, "--out", str(tmp_path / "killed")]) == 130
     assert not (tmp_path / "killed" / "model").exists()
     monkeypatch.setattr(BatchSampler, "batch", real_batch)
+
+    real_round_batch = RoundData.batch
+
+    def dies_in_phase2_round_1(self, i):  # after round 1's data is written, mid-training
+        if i == 9:
+            raise KeyboardInterrupt
+        return real_round_batch(self, i)
+
+    monkeypatch.setattr(RoundData, "batch", dies_in_phase2_round_1)
+    assert main(["run", *args, "--resume", str(tmp_path / "killed")]) == 130
+    assert (tmp_path / "killed" / "phases" / "pretrain.json").exists()
+    assert not (tmp_path / "killed" / "phases" / "cognitive.json").exists()
+    monkeypatch.setattr(RoundData, "batch", real_round_batch)
     assert main(["run", *args, "--resume", str(tmp_path / "killed")]) == 0
 
     a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))

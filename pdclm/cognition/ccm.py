@@ -72,8 +72,6 @@ class _Row:
         """The symbol this row pushes next, given what the model sampled for it."""
         if self.pending:
             return self.pending.popleft()
-        if self.done:
-            return EOS  # finished rows idle until the whole batch is done
         if not self.answering:
             if self.steps_done >= budget.max_steps or len(self.thinking) >= budget.max_bytes:
                 return self.close_thinking(forced=True)
@@ -112,10 +110,17 @@ def solve(
     for lo in range(0, len(questions), batch):
         chunk = list(questions[lo : lo + batch])
         rows = [_Row(deque(prompt(q))) for q in chunk]
+        live = list(range(len(rows)))  # stream row j is question live[j]
         stream = model.start_stream(len(rows))
         sampled = [0] * len(rows)
-        while not all(r.done and not r.pending for r in rows):
-            symbols = [r.next_symbol(s, budget) for r, s in zip(rows, sampled, strict=True)]
+        while True:
+            symbols = [rows[r].next_symbol(s, budget) for r, s in zip(live, sampled, strict=True)]
+            keep = [j for j, r in enumerate(live) if not rows[r].done]
+            if not keep:
+                break
+            if len(keep) < len(live):  # finished rows leave the batch
+                stream.select(torch.tensor(keep))
+                live, symbols = [live[j] for j in keep], [symbols[j] for j in keep]
             logits = stream.push(torch.tensor(symbols))
             sampled = sample_next(logits, temperature, top_k, generator).tolist()
         for q, r in zip(chunk, rows, strict=True):

@@ -112,3 +112,36 @@ def parse_episode(symbols: list[int]) -> Episode:
     thinking = _text(symbols[think + 1 : end], "thinking")
     answer = _text(symbols[end + 2 : -1], "answer")
     return Episode(question, tuple(thinking.split("\n")) if thinking else (), answer)
+
+
+def weighted_symbols(ep: Episode, question_weight: float) -> tuple[list[int], list[float]]:
+    """The episode's symbols and, per symbol, its loss weight as a prediction target: the
+    question (and its THINK) at ``question_weight``, thinking and answer at 1."""
+    symbols = format_episode(ep)
+    n_prompt = len(prompt(ep.question))
+    weights = [0.0] + [question_weight] * (n_prompt - 1) + [1.0] * (len(symbols) - n_prompt)
+    return symbols, weights
+
+
+def pack(
+    episodes: list[tuple[list[int], list[float]]], rows: int, seq_len: int, pad: int = EOS
+) -> tuple[list[list[int]], list[list[float]]]:
+    """Fill ``rows`` rows of ``seq_len + 1`` symbols with whole episodes, in the given order.
+
+    Returns tokens and the weights of their targets (``tokens[:, 1:]``). An episode goes into
+    the first row with room for it; one longer than a row is skipped; the rest of a row is
+    padding with weight 0.
+    """
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    weights: list[list[float]] = [[] for _ in range(rows)]
+    for symbols, w in episodes:
+        for r in range(rows):
+            if len(tokens[r]) + len(symbols) <= seq_len + 1:
+                tokens[r] += symbols
+                weights[r] += w
+                break
+    for r in range(rows):
+        n = seq_len + 1 - len(tokens[r])
+        tokens[r] += [pad] * n
+        weights[r] = (weights[r] + [0.0] * n)[1:]
+    return tokens, weights

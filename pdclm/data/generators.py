@@ -3,7 +3,7 @@ answer, and comes with a strict answer verifier and a per-step checker.
 
 - ``arithmetic``: a multi-step expression evaluated with operator precedence;
 - ``grid_path`` (planning): a shortest path through a walled grid, as a move string;
-- ``hanoi`` (planning): Tower of Hanoi in a compact move format;
+- ``hanoi`` (planning): Tower of Hanoi from a random legal start, in a compact move format;
 - ``bank`` (simulation): an account balance through deposits, withdrawals and fees;
 - ``registers`` (simulation): a small register machine run instruction by instruction.
 
@@ -271,88 +271,118 @@ class GridPath:
 
 
 _HANOI_STEP = re.compile(r"^\s*disk\s+(\d+)\s+([ABC])\s*->\s*([ABC])\s*$")
-
-
+_PEGS = "ABC"
+_MAX_DISKS = 6
 _HANOI_Q = (
-    "Tower of Hanoi with {disks} disks on peg A (1 is the smallest). Move them all to peg C, one "
-    "disk at a time, never a larger disk on a smaller one. Answer with the moves as "
-    "source-target pairs, e.g. AC AB."
+    "Tower of Hanoi, disks 1 (smallest) to {disks}. Pegs: A={A} B={B} C={C}. Move every disk to "
+    "peg {target}, one at a time, never a larger disk on a smaller one, in the fewest moves. "
+    "Answer with the moves as source-target pairs, e.g. AC AB."
 )
-_HANOI_RE = _pattern(_HANOI_Q, disks="[1-6]")
+_STACK = rf"-|[1-{_MAX_DISKS}](?:,[1-{_MAX_DISKS}]){{0,{_MAX_DISKS - 1}}}"
+"""One peg, bottom to top, ``-`` when empty; the disk set and order are checked after matching."""
+_HANOI_RE = _pattern(
+    _HANOI_Q, disks=f"[1-{_MAX_DISKS}]", A=_STACK, B=_STACK, C=_STACK, target="[ABC]"
+)
 
 
 class Hanoi:
-    """Planning: move n disks from peg A to peg C; answer as ``AC AB CB ...``."""
+    """Planning: gather n disks, from a random legal configuration, onto a target peg in the
+    fewest moves; answer as ``AC AB CB ...``. Random starts and targets give every level many
+    distinct questions (3^n * 3 less the solved ones), so a held-out set leaves plenty to train
+    on, and the moves must be planned rather than recalled."""
 
     name = "hanoi"
 
     def make(self, rng: random.Random, level: int) -> Task:
-        return self._build(min(level + 1, 6), level)
+        n = min(level + 2, _MAX_DISKS)
+        while True:  # any peg per disk is legal: each peg stacks its disks largest first
+            where = [rng.choice(_PEGS) for _ in range(n)]  # where[k - 1] is disk k's peg
+            target = rng.choice(_PEGS)
+            if any(p != target for p in where):  # an already solved start asks nothing
+                break
+        pegs = {p: [k for k in range(n, 0, -1) if where[k - 1] == p] for p in _PEGS}
+        return self._build(pegs, target, level)
 
     def parse(self, question: str) -> Task | None:
         m = _HANOI_RE.fullmatch(question)
-        return self._build(int(m["disks"]), max(1, int(m["disks"]) - 1)) if m else None
+        if not m:
+            return None
+        n, target = int(m["disks"]), m["target"]
+        pegs = {p: [] if m[p] == "-" else [int(d) for d in m[p].split(",")] for p in _PEGS}
+        disks = sorted(d for stack in pegs.values() for d in stack)
+        stacked = all(stack == sorted(stack, reverse=True) for stack in pegs.values())
+        if disks != list(range(1, n + 1)) or not stacked or len(pegs[target]) == n:
+            return None
+        return _canonical(self._build(pegs, target, max(1, n - 2)), question)
 
-    def _build(self, n: int, level: int) -> Task:
+    def _build(self, pegs: dict[str, list[int]], target: str, level: int) -> Task:
+        """The task from a legal, unsolved start (``pegs`` bottom to top) with its optimal moves."""
+        n = sum(len(stack) for stack in pegs.values())
+        where = {k: p for p, stack in pegs.items() for k in stack}
         moves: list[tuple[int, str, str]] = []
 
-        def solve(k: int, src: str, dst: str, via: str) -> None:
-            if k:
-                solve(k - 1, src, via, dst)
-                moves.append((k, src, dst))
-                solve(k - 1, via, dst, src)
+        def gather(k: int, dst: str) -> None:
+            """Bring disks 1..k onto ``dst``. Disk k moves at most once, straight to ``dst``,
+            so 1..k-1 first go to the third peg, out of its way; this is optimal."""
+            if k == 0:
+                return
+            if where[k] != dst:
+                gather(k - 1, next(p for p in _PEGS if p not in (where[k], dst)))
+                moves.append((k, where[k], dst))
+                where[k] = dst
+            gather(k - 1, dst)
 
-        solve(n, "A", "C", "B")
-        question = _HANOI_Q.format(disks=n)
+        gather(n, target)
+        stacks = {p: ",".join(map(str, stack)) or "-" for p, stack in pegs.items()}
+        question = _HANOI_Q.format(disks=n, target=target, **stacks)
         steps = tuple(f"disk {k} {s} -> {d}" for k, s, d in moves)
         answer = " ".join(f"{s}{d}" for _, s, d in moves)
-        return Task(self.name, level, question, steps, answer, {"disks": n})
+        facts = {
+            "disks": n,
+            "pegs": {p: list(stack) for p, stack in pegs.items()},
+            "target": target,
+            "moves": len(moves),
+        }
+        return Task(self.name, level, question, steps, answer, facts)
 
     @staticmethod
-    def _play(n: int, moves: Sequence[tuple[str, str]]) -> tuple[list[bool], dict[str, list[int]]]:
-        pegs = {"A": list(range(n, 0, -1)), "B": [], "C": []}
-        legal = []
-        for src, dst in moves:
+    def _play(
+        task: Task, moves: Sequence[tuple[int | None, str, str]]
+    ) -> tuple[list[bool], dict[str, list[int]]]:
+        """Play ``(disk, source, target)`` moves from the start (``disk`` None: whichever is on
+        top). Returns each move's legality, False from the first illegal one on, since later
+        moves cannot be trusted to follow from a broken state, and the pegs it reached."""
+        pegs = {p: list(stack) for p, stack in task.facts["pegs"].items()}
+        legal: list[bool] = []
+        for disk, src, dst in moves:
+            top = pegs[src][-1] if pegs.get(src) else None
             ok = (
-                src in pegs
+                top is not None
                 and dst in pegs
-                and src != dst
-                and bool(pegs[src])
-                and (not pegs[dst] or pegs[dst][-1] > pegs[src][-1])
+                and dst != src
+                and disk in (None, top)
+                and (not pegs[dst] or pegs[dst][-1] > top)
             )
-            legal.append(ok)
             if not ok:
-                break
+                return legal + [False] * (len(moves) - len(legal)), pegs
+            legal.append(True)
             pegs[dst].append(pegs[src].pop())
         return legal, pegs
 
     def score(self, task: Task, answer: str) -> float:
-        n, text = task.facts["disks"], answer.strip()
+        text = answer.strip()
         if not re.fullmatch(r"[ABC]{2}( [ABC]{2})*", text):
             return 0.0
-        moves = [(m[0], m[1]) for m in text.split(" ")]
-        legal, pegs = self._play(n, moves)
-        return float(len(moves) == 2**n - 1 and all(legal) and len(pegs["C"]) == n)
+        moves = [(None, m[0], m[1]) for m in text.split(" ")]
+        if len(moves) != task.facts["moves"]:
+            return 0.0
+        legal, pegs = self._play(task, moves)
+        return float(all(legal) and len(pegs[task.facts["target"]]) == task.facts["disks"])
 
     def check_steps(self, task: Task, steps: Sequence[str]) -> list[bool]:
-        pegs = {"A": list(range(task.facts["disks"], 0, -1)), "B": [], "C": []}
-        ok = []
-        for step in steps:
-            m = _HANOI_STEP.match(step)
-            good = (
-                bool(m)
-                and m[2] != m[3]
-                and bool(pegs[m[2]])
-                and pegs[m[2]][-1] == int(m[1])
-                and (not pegs[m[3]] or pegs[m[3]][-1] > int(m[1]))
-            )
-            ok.append(good)
-            if good:
-                pegs[m[3]].append(pegs[m[2]].pop())
-            else:  # later steps cannot be trusted to follow from a broken state
-                ok.extend([False] * (len(steps) - len(ok)))
-                break
-        return ok
+        """A step is right if it moves the disk it names off the top of its source legally."""
+        parsed = [_HANOI_STEP.match(step) for step in steps]
+        return self._play(task, [(int(m[1]), m[2], m[3]) if m else (0, "", "") for m in parsed])[0]
 
 
 _BANK_Q = (

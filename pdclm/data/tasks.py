@@ -299,12 +299,18 @@ def held_out(source: Source, level: int, n: int) -> list[Item]:
 
 
 def training_items(source: Source, level: int, n: int, seed: int, exclude: set[str]) -> list[Item]:
-    """``n`` training items from ``seed`` whose questions are not in ``exclude`` (held-out)."""
+    """``n`` training items from ``seed`` whose questions are not in ``exclude`` (held-out).
+
+    Fewer (even none) when the held-out set has taken (nearly) every question a task has at
+    this level; repeats are allowed otherwise, as in any sampled training stream.
+    """
     if seed >= EVAL_SEED:
         raise ValueError("training seeds must stay below EVAL_SEED")
     out: list[Item] = []
-    while len(out) < n:
+    for _ in range(8):
         out += [it for it in source.sample(seed, level, n) if it.question not in exclude]
+        if len(out) >= n:
+            break
         seed += 7919  # far enough that reasoning-gym's seed + i items do not repeat
     return out[:n]
 

@@ -78,6 +78,28 @@ def plot_curves(run_dir: Path) -> str | None:
     return name
 
 
+def task_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Held-out accuracy per task: the best constant answer, then each phase that measured it."""
+    phases = [
+        k
+        for k, sec in report.items()
+        if k not in ("run", "config") and isinstance(sec, dict) and "tasks" in sec
+    ]
+    if not phases:
+        return [], []
+    names = list(report[phases[-1]]["tasks"])
+    header = ["task", "best constant", *(f"{p} accuracy" for p in phases)]
+    rows = []
+    for n in names:
+        const = report[phases[-1]]["tasks"][n]
+        accs = [report[p]["tasks"].get(n, {}).get("accuracy") for p in phases]
+        rows.append(
+            [n, f"{const['constant_baseline']:.2f} ({const['constant_answer']!r})"]
+            + ["" if a is None else f"{a:.2f}" for a in accs]
+        )
+    return header, rows
+
+
 def markdown(report: dict[str, Any]) -> str:
     run = report["run"]
     lines = [
@@ -87,6 +109,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"(torch {run['torch']}), finished {run['finished']}.",
         "",
     ]
+    header, rows = task_table(report)
+    if rows:
+        lines += [
+            "## Held-out task accuracy",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + " --- |" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows),
+            "",
+        ]
     for key, section in report.items():
         if key in ("run", "config") or not isinstance(section, dict):
             continue
@@ -141,7 +173,16 @@ def print_summary(report: dict[str, Any], keys: tuple[str, ...] = ()) -> None:
         if k in flat:
             table.add_row(k, fmt(flat[k]))
     table.add_row("run.seconds", fmt(report["run"]["seconds"]))
-    Console(stderr=False).print(table)
+    console = Console(stderr=False)
+    console.print(table)
+    header, rows = task_table(report)
+    if rows:
+        tasks = Table(title="held-out task accuracy")
+        for i, h in enumerate(header):
+            tasks.add_column(h, justify="left" if i == 0 else "right")
+        for r in rows:
+            tasks.add_row(*r)
+        console.print(tasks)
 
 
 HEADLINE = {
@@ -153,4 +194,10 @@ HEADLINE = {
     "train.steps",
     "entropy_model.val_bpb",
     "data.train_bytes",
+    "text_bpb_before",
+    "text_bpb_after",
+    "consistency.precision",
+    "consistency.recall",
+    "agreement.precision",
+    "agreement.recall",
 }

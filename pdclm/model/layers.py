@@ -64,6 +64,12 @@ class KVCache:
     def reset(self) -> None:
         self.k = self.v = self.seg = None
 
+    def select(self, rows: Tensor) -> None:
+        """Keep only these rows (finished sequences leave the batch)."""
+        if self.k is not None:
+            self.k, self.v = self.k[rows], self.v[rows]
+            self.seg = None if self.seg is None else self.seg[rows]
+
     def append(
         self, k: Tensor, v: Tensor, seg: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -90,6 +96,12 @@ class RowKVCache:
 
     def rows(self, index: Tensor) -> _RowView:
         return _RowView(self, index)
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only these rows (finished sequences leave the batch)."""
+        self.length = self.length[rows.to(self.length.device)]
+        if self.k is not None:
+            self.k, self.v = self.k[rows], self.v[rows]
 
     def _grow(self, k: Tensor, need: int) -> None:
         B = self.length.numel()

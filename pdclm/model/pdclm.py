@@ -121,6 +121,45 @@ class PDCLM(nn.Module):
             logits = stream.push_one(nxt)
 
 
+@torch.no_grad()
+def complete(
+    model: PDCLM,
+    prompts: list[list[int]],
+    max_new: int,
+    stop: frozenset[int],
+    temperature: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Continue every prompt (in one batched stream) until it samples a symbol in ``stop``
+    (not included) or has ``max_new`` new symbols. Rows with shorter prompts start sampling
+    while longer ones are still being read."""
+    stream = model.start_stream(len(prompts))
+    out: list[list[int]] = [[] for _ in prompts]
+    live = list(range(len(prompts)))  # stream row j continues prompt live[j]
+    sampled = [0] * len(prompts)
+    for t in range(max(map(len, prompts)) + max_new):
+        symbols, keep = [], []
+        for j, r in enumerate(live):
+            p = prompts[r]
+            if t < len(p):
+                symbols.append(p[t])
+            elif sampled[j] in stop or len(out[r]) >= max_new:
+                continue  # finished: leaves the batch
+            else:
+                out[r].append(sampled[j])
+                symbols.append(sampled[j])
+            keep.append(j)
+        if not keep:
+            break
+        if len(keep) < len(live):
+            stream.select(torch.tensor(keep))
+            live = [live[j] for j in keep]
+        logits = stream.push(torch.tensor(symbols))
+        sampled = sample_next(logits, temperature, top_k, generator).tolist()
+    return out
+
+
 def sample_next(
     logits: Tensor,
     temperature: float = 1.0,
@@ -167,6 +206,27 @@ class Stream:
         self.n_patches = z.clone()  # finished patches per row (= the open patch's id)
         self.start_now = torch.ones(batch, dtype=torch.bool, device=self.device)
         self.ctx = m.from_latent(m.bos_latent).expand(batch, 1, -1).clone()
+
+    _ROW_STATE = (
+        "recent_h",
+        "recent_tokens",
+        "recent_entropy",
+        "patch_start",
+        "last_candidate",
+        "n_patches",
+        "start_now",
+        "ctx",
+    )
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only these rows, in this order: finished sequences stop costing anything."""
+        rows = rows.to(self.device)
+        self.batch = len(rows)
+        self.entropy.select(rows)
+        for c in [*self.enc_caches, *self.dec_caches, *self.lat_caches]:
+            c.select(rows)
+        for name in self._ROW_STATE:
+            setattr(self, name, getattr(self, name)[rows])
 
     def push_one(self, token: int) -> Tensor:
         """Single-row convenience: logits (V,)."""

@@ -81,6 +81,13 @@ class EntropyStream:
         self.start = 0
         self.caches = model.stack.new_caches()
 
+    def select(self, rows: Tensor) -> None:
+        """Keep only these rows (finished sequences leave the batch)."""
+        self.tokens = [t[rows] for t in self.tokens[self.start :]]
+        self.tokens[:0] = [rows.new_zeros(len(rows))] * self.start  # never read again
+        for c in self.caches:
+            c.select(rows)
+
     @torch.no_grad()
     def push(self, tokens: Tensor) -> Tensor:
         """Append one symbol per row (B,); return the entropy (bits, (B,)) of the next one."""

@@ -124,15 +124,22 @@ class Trainer:
         self.history.append({"step": step, **metrics})
         return metrics
 
-    def fit(self, resume: bool = True) -> dict[str, Any]:
-        """Train to ``cfg.steps`` (resuming from the newest checkpoint if there is one)."""
+    def restore(self) -> int:
+        """Load the newest checkpoint (weights, optimizer, RNG, history); its step, or 0."""
+        last = latest_checkpoint(self.ckpt_dir)
+        if last is None:
+            return 0
+        meta = load_checkpoint(last, self.model, self.optimizer)
+        self.history = meta["extra"].get("history", [])
+        return meta["step"]
+
+    def fit(self, resume: bool = True, until: int | None = None) -> dict[str, Any]:
+        """Train to ``cfg.steps``, or stop at step ``until`` (a checkpoint is written there);
+        resumes from the newest checkpoint if there is one. The schedule always spans
+        ``cfg.steps``, so stopping and going on is the same as one run."""
         cfg, model = self.cfg, self.model
-        step = 0
-        last = latest_checkpoint(self.ckpt_dir) if resume else None
-        if last is not None:
-            meta = load_checkpoint(last, model, self.optimizer)
-            step = meta["step"]
-            self.history = meta["extra"].get("history", [])
+        stop = cfg.steps if until is None else min(until, cfg.steps)
+        step = self.restore() if resume else 0
         model.train()
         symbols_seen, train_time, metrics = 0, 0.0, {}
         steady_time, steady_steps = 0.0, 0
@@ -147,7 +154,7 @@ class Trainer:
             leave=True,
         )
         budget_start = time.perf_counter()
-        while step < cfg.steps:
+        while step < stop:
             if (
                 self.max_seconds is not None
                 and time.perf_counter() - budget_start > self.max_seconds
@@ -200,7 +207,10 @@ class Trainer:
             if self.checkpoints and step % cfg.ckpt_every == 0 and step < cfg.steps:
                 self._save(step)
         bar.close()
-        final = self.run_eval(step)
+        if self.history and self.history[-1]["step"] == step:  # already evaluated here
+            final = {k: v for k, v in self.history[-1].items() if k != "step"}
+        else:
+            final = self.run_eval(step)
         if self.checkpoints:
             self._save(step)
         return {

@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pdclm.model.pdclm import next_symbol_loss
+from pdclm.model.pdclm import LN2, next_symbol_loss
 
 
 def lm_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:
@@ -22,6 +23,21 @@ def causal_lm_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor,
     tokens = batch[0]
     loss, bpb = next_symbol_loss(model(tokens[:, :-1]), tokens[:, 1:])
     return loss, {"bpb": float(bpb.detach())}
+
+
+def weighted_lm_loss(
+    model: nn.Module, batch: tuple[Tensor, ...]
+) -> tuple[Tensor, dict[str, float]]:
+    """Next-symbol loss with a weight per target (``batch = (tokens, weights)``): episodes
+    weigh their thinking and answer fully, their question a little, padding not at all."""
+    tokens, weights = batch
+    logits = model(tokens)
+    ce = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none"
+    )
+    w = weights.reshape(-1).float()
+    loss = (ce * w).sum() / w.sum().clamp(min=1e-6)
+    return loss, {"bpb": float(loss.detach()) / LN2}
 
 
 Objective = Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, dict[str, float]]]

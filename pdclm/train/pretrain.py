@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from pdclm.config import Config
 from pdclm.data.ingest import prepare
 from pdclm.data.shards import BatchSampler, ShardSet, write_profiles
+from pdclm.eval.tasks import evaluate_tasks, held_out_sets
 from pdclm.model.io import save_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.pipeline import RunContext
@@ -34,6 +35,13 @@ from pdclm.train.objectives import causal_lm_loss, lm_loss, mean_bpb
 def as_batch(tokens: np.ndarray, entropy: np.ndarray | None) -> tuple[Tensor, ...]:
     t = torch.from_numpy(tokens)
     return (t,) if entropy is None else (t, torch.from_numpy(entropy))
+
+
+def held_out_batches(
+    val: ShardSet, seq_len: int, batch: int, n: int, tag: str | None = None
+) -> list[tuple[Tensor, ...]]:
+    """The same ``n`` validation batches on every call (with the entropy profile if tagged)."""
+    return [as_batch(*b) for b in BatchSampler(val, seq_len, batch, 1, tag).fixed_batches(n)]
 
 
 def weights_tag(model: nn.Module) -> str:
@@ -63,12 +71,7 @@ def train_entropy_model(
     torch.manual_seed(cfg.train.seed)  # a rerun trains the same entropy model, hence same patches
     model = EntropyModel(ecfg, cfg.model.mlp_ratio)
     sampler = BatchSampler(train, ecfg.context, ecfg.batch, cfg.train.seed)
-    val_batches = [
-        as_batch(*b)
-        for b in BatchSampler(val, ecfg.context, ecfg.batch, 1).fixed_batches(
-            cfg.train.eval_batches
-        )
-    ]
+    val_batches = held_out_batches(val, ecfg.context, ecfg.batch, cfg.train.eval_batches)
     trainer = Trainer(
         "phase1/entropy",
         model,
@@ -127,14 +130,11 @@ class PreparedPSE:
     cal_entropy: Tensor
 
 
-def prepare_pse(ctx: RunContext) -> PreparedPSE:
-    """Ingest, train + freeze the entropy model, profile every shard, calibrate the patcher."""
-    cfg = ctx.cfg
+def store_profiles(cfg: Config, entropy: EntropyModel, progress: bool) -> str:
+    """Make sure every shard carries this entropy model's profile (a no-op when it does, as
+    after Phase 1); returns the profile's tag."""
     device = resolve_device(cfg.train.device)
-    manifest = prepare(cfg.data, progress=ctx.progress)
-    train, val = ShardSet.open(cfg.data.dir, "train"), ShardSet.open(cfg.data.dir, "val")
-
-    entropy, entropy_info = train_entropy_model(ctx, train, val)
+    prepare(cfg.data, progress=progress)
     tag = weights_tag(entropy)
     entropy.to(device)
     write_profiles(
@@ -143,9 +143,20 @@ def prepare_pse(ctx: RunContext) -> PreparedPSE:
         lambda s: (
             profile_long(entropy, torch.from_numpy(s.astype(np.int64)).to(device)).cpu().numpy()
         ),
-        progress=ctx.progress,
+        progress=progress,
     )
     entropy.cpu()
+    return tag
+
+
+def prepare_pse(ctx: RunContext) -> PreparedPSE:
+    """Ingest, train + freeze the entropy model, profile every shard, calibrate the patcher."""
+    cfg = ctx.cfg
+    manifest = prepare(cfg.data, progress=ctx.progress)
+    train, val = ShardSet.open(cfg.data.dir, "train"), ShardSet.open(cfg.data.dir, "val")
+
+    entropy, entropy_info = train_entropy_model(ctx, train, val)
+    tag = store_profiles(cfg, entropy, ctx.progress)
 
     cal_tokens, cal_entropy = calibration_sample(val, cfg, tag)
     cfg.pse.patcher.threshold = calibrate(cal_tokens, cal_entropy, cfg.pse.patcher)
@@ -168,12 +179,9 @@ class Pretrain:
         model, tag, train, val = pse.model, pse.tag, pse.train, pse.val
         cal_tokens, cal_entropy = pse.cal_tokens, pse.cal_entropy
         train_sampler = BatchSampler(train, cfg.train.seq_len, cfg.train.batch, cfg.train.seed, tag)
-        val_batches = [
-            as_batch(*b)
-            for b in BatchSampler(val, cfg.train.seq_len, cfg.train.batch, 1, tag).fixed_batches(
-                cfg.train.eval_batches
-            )
-        ]
+        val_batches = held_out_batches(
+            val, cfg.train.seq_len, cfg.train.batch, cfg.train.eval_batches, tag
+        )
         trainer = Trainer(
             "phase1/lm",
             model,
@@ -192,7 +200,10 @@ class Pretrain:
         starts = model.patch(cal_tokens, cal_entropy)
         history = result.pop("history")
         plots = self.plots(model, cal_tokens, cal_entropy, starts, run_dir)
+        # held-out task accuracy of the stream model: what the later phases are measured against
+        tasks = evaluate_tasks(model, held_out_sets(cfg.tasks), cfg.tasks, cfg.train.bf16)
         return {
+            **tasks,
             "data": {
                 "train_bytes": train.n_bytes,
                 "val_bytes": val.n_bytes,

@@ -1,0 +1,335 @@
+"""Phase 2, the cognitive loop: the pretrained stream model learns to reason step by step.
+
+The phase runs in rounds. Each round
+
+1. *probes*: the model solves a few fresh training questions per task; the curriculum moves
+   each task's level with its success and favours tasks solved sometimes but not always;
+2. *plays*: proposer/solver self-play over the project's generators and a multi-agent
+   dialogue (:mod:`pdclm.cognition.selfplay`), keeping verified episodes only;
+3. *writes its data*: gold-trace episodes for the tasks and levels the curriculum picks plus
+   the round's self-play episodes, saved to ``cognitive/rounds/`` before any training;
+4. *trains*: next-symbol loss on packed episodes (thinking and answer weighted 1, the
+   question a little) mixed with rows of raw Phase 1 text, in the shared loop.
+
+Because a round's data is on disk before its steps run, batch ``i`` is a pure function of the
+round files and ``i``: a killed run resumes exactly. Afterwards: held-out accuracy per task
+beside constant baselines, accuracy against thinking budget, how often the CCM's checks catch
+wrong answers, and bits per byte on Phase 1's held-out text before and after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pdclm.cognition.selfplay import Verified, dialogue, propose_and_solve
+from pdclm.config import Config
+from pdclm.data.episodes import Episode, pack, weighted_symbols
+from pdclm.data.generators import GENERATORS
+from pdclm.data.shards import BatchSampler, ShardSet
+from pdclm.data.tasks import Curriculum, Item, make_source, training_items
+from pdclm.eval.tasks import (
+    agreement_check,
+    budget_sweep,
+    eval_budget,
+    evaluate_tasks,
+    generation_context,
+    held_out_sets,
+    run_items,
+)
+from pdclm.model.io import find_model_dir, load_model, save_model
+from pdclm.model.pdclm import PDCLM
+from pdclm.pipeline import RunContext
+from pdclm.train.checkpoint import write_json_atomic
+from pdclm.train.loop import Trainer
+from pdclm.train.objectives import mean_bpb, weighted_lm_loss
+from pdclm.train.pretrain import held_out_batches, store_profiles
+
+
+def round_bounds(cfg: Config) -> list[int]:
+    """The optimizer step at which each round ends."""
+    n, steps = cfg.cognitive.rounds, cfg.cognitive.steps
+    return [steps * (r + 1) // n for r in range(n)]
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+class RoundData:
+    """Builds (or reloads) each round's episodes, and turns them into training batches."""
+
+    def __init__(self, cfg: Config, folder: Path, exclude: set[str], text: ShardSet) -> None:
+        self.cfg, self.folder, self.exclude = cfg, folder, exclude
+        folder.mkdir(parents=True, exist_ok=True)
+        cg = cfg.cognitive
+        self.n_text = round(cg.batch * cg.text_share)
+        self.text = (
+            BatchSampler(text, cg.seq_len, self.n_text, cfg.train.seed) if self.n_text else None
+        )
+        self.bounds = round_bounds(cfg)
+        self.own = [n for n in cfg.tasks.names if n in GENERATORS]
+        self.curriculum = Curriculum(
+            list(cfg.tasks.names),
+            {n: make_source(n).max_level for n in cfg.tasks.names},
+            window=cg.probe_items,
+            floor=0.1,  # unsolved tasks still get gold traces: supervised data, not RL
+        )
+        self._pools: dict[int, list[tuple[list[int], list[float]]]] = {}
+
+    def paths(self, r: int) -> tuple[Path, Path]:
+        return self.folder / f"round_{r:02d}.jsonl", self.folder / f"round_{r:02d}.json"
+
+    def meta(self, r: int) -> dict[str, Any] | None:
+        path = self.paths(r)[1]
+        return json.loads(path.read_text()) if path.exists() else None
+
+    # ------------------------------------------------------------------------ building a round
+    def build(self, r: int, model: PDCLM, progress: bool) -> dict[str, Any]:
+        """Probe, self-play and sample the round's episodes; save them; return the round's meta."""
+        cfg, cg = self.cfg, self.cfg.cognitive
+        if r and (prev := self.meta(r - 1)) is not None:
+            self.curriculum.load(prev["curriculum"])
+        gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + r)
+        budget = eval_budget(cfg.tasks)
+        seed = 1 + cfg.train.seed * 7_000_003 + r * 100_003
+        model.eval()
+        with generation_context(cfg.train.bf16):
+            probe = self.probe(model, seed)
+            proposals, proposer_stats = (
+                propose_and_solve(
+                    model,
+                    self.own,
+                    cg.proposals,
+                    cg.solver_samples,
+                    budget,
+                    cg.temperature,
+                    self.exclude,
+                    gen,
+                    cfg.tasks.batch,
+                )
+                if self.own and cg.proposals
+                else ([], {})
+            )
+            rng = random.Random(seed)
+            talk_items = self.sample_items(cg.dialogue_items, rng, seed + 11)
+            talks, dialogue_stats = (
+                dialogue(model, talk_items, cg.agents, budget, cg.temperature, gen, cfg.tasks.batch)
+                if talk_items
+                else ([], {})
+            )
+        curriculum_items = self.sample_items(cg.episodes_per_round, rng, seed + 29)
+        episodes = [
+            Verified(
+                Episode(it.question, it.steps, it.answer),
+                it.source,
+                "curriculum",
+                cg.question_weight,
+            )
+            for it in curriculum_items
+        ]
+        episodes += proposals + talks
+        leaked = [v for v in episodes if v.episode.question in self.exclude]
+        if leaked:  # never train on a held-out question, whatever produced it
+            raise RuntimeError(f"held-out question reached round {r}'s data: {leaked[0]}")
+        meta = {
+            "round": r,
+            "curriculum": self.curriculum.state(),
+            "probe_success": probe,
+            "levels": dict(self.curriculum.level),
+            "weights": self.curriculum.weights(),
+            "episodes": {
+                k: sum(v.kind == k for v in episodes)
+                for k in ("curriculum", "proposal", "gold", "dialogue")
+            },
+            "proposer": proposer_stats,
+            "dialogue": dialogue_stats,
+        }
+        jsonl, meta_path = self.paths(r)
+        write_jsonl_atomic(jsonl, [v.to_json() for v in episodes])
+        write_json_atomic(meta_path, meta)  # last: its presence marks the round as complete
+        return meta
+
+    def probe(self, model: PDCLM, seed: int) -> dict[str, float]:
+        """Solve fresh training questions at each task's level; feed the curriculum."""
+        cfg = self.cfg
+        items = []
+        for name in cfg.tasks.names:
+            level = self.curriculum.level[name]
+            items += training_items(
+                make_source(name), level, cfg.cognitive.probe_items, seed + 3, self.exclude
+            )
+        sols = run_items(model, items, eval_budget(cfg.tasks), cfg.tasks.batch, cfg.train.bf16)
+        success: dict[str, list[float]] = {n: [] for n in cfg.tasks.names}
+        for it, sol in zip(items, sols, strict=True):
+            ok = make_source(it.source).score(it, sol.answer) >= 1.0
+            self.curriculum.record(it.source, ok)
+            success[it.source].append(float(ok))
+        return {n: sum(v) / len(v) for n, v in success.items() if v}
+
+    def sample_items(self, n: int, rng: random.Random, seed: int) -> list[Item]:
+        """``n`` training items: tasks by curriculum weight; half at a task's level, half at a
+        level drawn from 1..level (so easier levels are not forgotten)."""
+        if n <= 0:
+            return []
+        w = self.curriculum.weights()
+        names = rng.choices(list(w), weights=list(w.values()), k=n)
+        wanted: dict[tuple[str, int], int] = {}
+        for i, name in enumerate(names):
+            top = self.curriculum.level[name]
+            level = top if i % 2 else rng.randint(1, top)
+            wanted[(name, level)] = wanted.get((name, level), 0) + 1
+        items: list[Item] = []
+        for (name, level), k in sorted(wanted.items()):
+            items += training_items(make_source(name), level, k, seed + 17 * level, self.exclude)
+        rng.shuffle(items)
+        return items
+
+    # ------------------------------------------------------------------------------ batches
+    def pool(self, r: int) -> list[tuple[list[int], list[float]]]:
+        if r not in self._pools:
+            rows = [json.loads(line) for line in self.paths(r)[0].read_text().splitlines()]
+            self._pools = {
+                r: [
+                    weighted_symbols(v.episode, v.question_weight)
+                    for v in map(Verified.from_json, rows)
+                ]
+            }
+        return self._pools[r]
+
+    def batch(self, i: int) -> tuple[Tensor, Tensor]:
+        """Micro-batch ``i``: packed episode rows of step i's round, then raw-text rows."""
+        cfg, cg = self.cfg, self.cfg.cognitive
+        step = i // cfg.train.grad_accum
+        r = next(k for k, end in enumerate(self.bounds) if step < end)
+        pool = self.pool(r)
+        rng = random.Random(f"{cfg.train.seed}:{i}")
+        rows = cg.batch - self.n_text
+        mean_len = sum(len(s) for s, _ in pool[:256]) / min(256, len(pool))
+        draw = [pool[j] for j in rng.choices(range(len(pool)), k=int(rows * cg.seq_len / mean_len))]
+        tokens, weights = pack(draw, rows, cg.seq_len)
+        t, w = torch.tensor(tokens), torch.tensor(weights)
+        if self.text is not None:
+            text = torch.from_numpy(self.text.batch(i)[0]).long()
+            t = torch.cat([t, text])
+            w = torch.cat([w, (text[:, 1:] < 256).float()])
+        return t, w
+
+
+class Cognitive:
+    name = "cognitive"
+    key = "phase2"
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        cfg, run_dir = ctx.cfg, ctx.run_dir
+        cg = cfg.cognitive
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        folder = run_dir / "cognitive"
+        if not ctx.resume and folder.exists():
+            shutil.rmtree(folder)  # a fresh run of this phase: no stale rounds or checkpoints
+        start = run_dir / "phase1_model"
+        if not start.exists():  # keep the Phase 1 weights: later phases compare against them
+            shutil.copytree(find_model_dir(run_dir), start)
+        model, mcfg = load_model(start)
+        cfg.pse.patcher.threshold = mcfg.pse.patcher.threshold
+
+        sets = held_out_sets(cfg.tasks)
+        exclude = {it.question for items in sets.values() for it in items}
+        tag = store_profiles(cfg, model.entropy, ctx.progress)
+        train_text, val_text = (ShardSet.open(cfg.data.dir, s) for s in ("train", "val"))
+        data = RoundData(cfg, folder / "rounds", exclude, train_text)
+        val_batches = held_out_batches(
+            val_text, cfg.train.seq_len, cfg.train.batch, cfg.train.eval_batches, tag
+        )
+        tcfg = dataclasses.replace(
+            cfg.train,
+            steps=cg.steps,
+            lr=cg.lr,
+            warmup=cg.warmup,
+            seq_len=cg.seq_len,
+            batch=cg.batch,
+            eval_every=max(1, cg.steps // cg.rounds),
+            ckpt_every=max(1, cg.steps // (2 * cg.rounds)),
+        )
+        trainer = Trainer(
+            "phase2/sft",
+            model,
+            tcfg,
+            folder,
+            sample=data.batch,
+            loss_fn=weighted_lm_loss,
+            log=ctx.log,
+            evaluate=mean_bpb(val_batches, trainer_device(cfg)),
+            progress=ctx.progress,
+        )
+        step = trainer.restore()
+        rounds, seconds, result = [], 0.0, None
+        for r, end in enumerate(data.bounds):
+            rounds.append(data.meta(r) or data.build(r, model, ctx.progress))
+            if step < end:
+                result = trainer.fit(resume=True, until=end)
+                seconds += result["train_seconds"]
+                step = end
+        if result is None:  # every round was trained before a restart: just the summary
+            result = trainer.fit(resume=True)
+        result["train_seconds"] = seconds
+        model.eval().cpu()
+        save_model(model, cfg, run_dir / "model")
+        return self.evaluate(ctx, model, sets, result, rounds)
+
+    def evaluate(
+        self,
+        ctx: RunContext,
+        model: PDCLM,
+        sets: dict[str, list[Item]],
+        result: dict[str, Any],
+        rounds: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        from pdclm.eval.tasks import plot_budget_sweep, plot_task_accuracy
+
+        cfg, run_dir = ctx.cfg, ctx.run_dir
+        bf16 = cfg.train.bf16
+        tasks = evaluate_tasks(model, sets, cfg.tasks, bf16)
+        sweep = budget_sweep(model, sets, cfg.tasks, bf16)
+        agree = agreement_check(model, sets, cfg.tasks, bf16, cfg.train.seed)
+        history = result.pop("history")
+        before = ctx.results.get("phase1", {}).get("tasks", {})
+        plots = [
+            plot_task_accuracy(
+                {"after Phase 1": before, "after Phase 2": tasks["tasks"]},
+                run_dir / "phase2_task_accuracy.png",
+            ),
+            plot_budget_sweep(sweep, run_dir / "phase2_accuracy_vs_budget.png"),
+        ]
+        return {
+            **tasks,
+            "budget_sweep": sweep,
+            "agreement": agree,
+            "text_bpb_before": history[0]["val_bpb"] if history else None,
+            "text_bpb_after": result.get("val_bpb"),
+            "rounds": rounds,
+            "train": {
+                "steps": result["steps"],
+                "seconds": round(result["train_seconds"], 1),
+                "symbols_per_s": round(result.get("bytes_per_s", 0.0), 1),
+                "final_loss": result.get("loss"),
+            },
+            "val_history": history,
+            "plots": [p.name for p in plots],
+        }
+
+
+def trainer_device(cfg: Config) -> torch.device:
+    from pdclm.train.loop import resolve_device
+
+    return resolve_device(cfg.train.device)
