@@ -286,6 +286,7 @@ def cmd_solve(args: SolveCmd) -> dict:
 
     from pdclm.cognition.ccm import Budget, agreement, check, solve, source_reliance
     from pdclm.data.episodes import with_context
+    from pdclm.data.generators import GENERATORS
     from pdclm.model.io import load_model
 
     if not args.question:
@@ -298,7 +299,9 @@ def cmd_solve(args: SolveCmd) -> dict:
     sols = [best] + solve(
         model, [question] * (args.samples - 1), budget, args.temperature, generator=gen
     )
-    verdict = check(best.steps, best.answer)
+    # a question in one of the generators' formats gets the task-aware step checks
+    task = next(filter(None, (g.parse(args.question) for g in GENERATORS.values())), None)
+    verdict = check(best.steps, best.answer, task)
     marks = {True: "ok", False: "WRONG", None: ""}
     print("thinking:")
     for step, ok in zip(best.steps, verdict.steps, strict=True):
@@ -318,6 +321,10 @@ def cmd_solve(args: SolveCmd) -> dict:
         "answer_follows": verdict.answer_follows,
         "consistent": verdict.consistent,
     }
+    if task is not None:
+        result["task"] = task.generator
+        result["correct"] = GENERATORS[task.generator].score(task, best.answer) >= 1.0
+        print(f"recognised as a {task.generator} task; answer correct: {result['correct']}")
     if len(sols) > 1:
         result["agreement"] = agreement([s.answer for s in sols])
         print(f"samples: {[s.answer for s in sols]} -> {result['agreement']}")

@@ -197,9 +197,11 @@ class CognitiveConfig:
     """Optimizer steps over all rounds (the rest of the optimizer settings come from train)."""
     seq_len: int = 512
     batch: int = 16
-    lr: float = 1e-3
+    lr: float = 2e-3
+    """Measured on the cpu preset: 2e-3 (with text_share 0.15) lifted held-out accuracy on the
+    easy arithmetic tasks from 0.16 to 0.59 over 1e-3 (with 0.25)."""
     warmup: int = 20
-    text_share: float = 0.25
+    text_share: float = 0.15
     """Share of each batch's rows that are raw Phase 1 text (so stream skill is kept)."""
     question_weight: float = 0.1
     """Loss weight of question bytes (1 for thinking and answer): a little, so the model can

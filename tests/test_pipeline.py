@@ -55,6 +55,10 @@ def test_run_leaves_a_complete_run_folder(tiny_run: Path):
         "phase1_patch_lengths.png",
         "model/model.safetensors",
         "model/config.json",
+        "phase1_model/model.safetensors",
+        "phase2_task_accuracy.png",
+        "phase2_accuracy_vs_budget.png",
+        "cognitive/rounds/round_01.jsonl",
     ):
         assert (tiny_run / name).exists(), name
     assert list((tiny_run / "tb").iterdir()), "no TensorBoard events"
@@ -64,6 +68,15 @@ def test_run_leaves_a_complete_run_folder(tiny_run: Path):
     assert 2.5 < p1["patcher"]["mean_len"] < 7.0
     md = (tiny_run / "report.md").read_text()
     assert f"{p1['val_bpb']:.4g}" in md  # every report.json figure is in report.md
+    p2 = report["phase2"]
+    for phase in (p1, p2):  # held-out accuracy per phase and task, beside the constant answer
+        for name in report["config"]["tasks"]["names"]:
+            t = phase["tasks"][name]
+            assert 0 <= t["accuracy"] <= 1 and 0 <= t["constant_baseline"] <= 1
+    assert set(p2["budget_sweep"]["chain_sum"]) == {"0", "2"}
+    assert p2["text_bpb_before"] is not None and p2["text_bpb_after"] is not None
+    assert p2["source_separation"]["answers"] > 0
+    assert "Held-out task accuracy" in md and "phase2 accuracy" in md
 
 
 def test_resuming_a_finished_run_redoes_nothing(tiny_run: Path, tmp_path, corpus):
@@ -142,6 +155,42 @@ def test_pse_generate_eval_on_the_trained_model(tiny_run: Path, tmp_path, capsys
         "source",
     }
     assert json.loads((tmp_path / "ev.json").read_text())["val_bpb"] < 8
+    # a question in a generator's format is recognised and gets task-aware checks
+    assert (
+        main(
+            [
+                "solve",
+                "Compute 3 + 4 * 2.",
+                "--ckpt",
+                str(tiny_run),
+                "--think-bytes",
+                "40",
+                "--json",
+                str(solve_json),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(solve_json.read_text())["task"] == "arithmetic"
+    sp = tmp_path / "sp.jsonl"
+    assert (
+        main(
+            [
+                "selfplay",
+                "--preset",
+                "tiny",
+                "--ckpt",
+                str(tiny_run),
+                "--episodes",
+                str(sp),
+                "--json",
+                str(tmp_path / "sp.json"),
+            ]
+        )
+        == 0
+    )
+    stats = json.loads((tmp_path / "sp.json").read_text())
+    assert stats["proposer"]["proposed"] == 4 and sp.exists()
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pdclm.cognition.ccm import Budget, Solution, agreement, check, solve
+from pdclm.cognition.ccm import Budget, Solution, agreement, check, solve, source_reliance
 from pdclm.config import TasksConfig
 from pdclm.data.generators import Task
 from pdclm.data.tasks import Item, Source, constant_baseline, held_out, make_source
@@ -152,6 +152,40 @@ def agreement_check(
         flags.append(bool(agreement(answers)["disagree"]))
         wrong.append(sources[it.source].score(it, g.answer) < 1.0)
     return {"samples": k, **flag_stats(flags, wrong)}
+
+
+def source_separation(
+    model: PDCLM, sets: dict[str, list[Item]], per_task: int = 8
+) -> dict[str, Any]:
+    """How much the gold answer's likelihood leans on a given context, per answer: the
+    context is other agents' answers (the dialogue format), once stating the gold answer and
+    once a wrong one. A model that keeps its sources apart gains when the context supports the
+    answer and loses when it contradicts it; one that ignores the context shows ~0 for both."""
+    from pdclm.cognition.selfplay import peer_context
+
+    model.eval()
+    rows = []
+    for name, items in sets.items():
+        for it in items[:per_task]:
+            wrong = next(a for a in ("0", "1", "2") if a != it.answer)
+            support = source_reliance(model, peer_context([it.answer]), it.question, it.answer)
+            against = source_reliance(model, peer_context([wrong]), it.question, it.answer)
+            rows.append(
+                {
+                    "task": name,
+                    "gain_supporting": support["context_gain_nats"],
+                    "gain_contradicting": against["context_gain_nats"],
+                }
+            )
+    n = max(1, len(rows))
+    return {
+        "answers": len(rows),
+        "mean_gain_supporting_nats": sum(r["gain_supporting"] for r in rows) / n,
+        "mean_gain_contradicting_nats": sum(r["gain_contradicting"] for r in rows) / n,
+        "share_supporting_helps": sum(r["gain_supporting"] > 0 for r in rows) / n,
+        "share_contradicting_hurts": sum(r["gain_contradicting"] < 0 for r in rows) / n,
+        "per_answer": rows,
+    }
 
 
 def plot_task_accuracy(by_phase: dict[str, dict[str, Any]], path: Path) -> Path:

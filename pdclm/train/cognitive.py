@@ -43,6 +43,7 @@ from pdclm.eval.tasks import (
     generation_context,
     held_out_sets,
     run_items,
+    source_separation,
 )
 from pdclm.model.io import find_model_dir, load_model, save_model
 from pdclm.model.pdclm import PDCLM
@@ -302,6 +303,8 @@ class Cognitive:
         tasks = evaluate_tasks(model, sets, cfg.tasks, bf16)
         sweep = budget_sweep(model, sets, cfg.tasks, bf16)
         agree = agreement_check(model, sets, cfg.tasks, bf16, cfg.train.seed)
+        with generation_context(bf16):
+            sources = source_separation(model, sets)
         history = result.pop("history")
         before = ctx.results.get("phase1", {}).get("tasks", {})
         plots = [
@@ -315,6 +318,7 @@ class Cognitive:
             **tasks,
             "budget_sweep": sweep,
             "agreement": agree,
+            "source_separation": sources,
             "text_bpb_before": history[0]["val_bpb"] if history else None,
             "text_bpb_after": result.get("val_bpb"),
             "rounds": rounds,
