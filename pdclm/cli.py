@@ -344,6 +344,7 @@ def cmd_selfplay(args: SelfplayCmd) -> dict:
 
     from pdclm.cognition.selfplay import dialogue, propose_and_solve
     from pdclm.data.generators import GENERATORS
+    from pdclm.data.tasks import make_source, training_items
     from pdclm.eval.tasks import eval_budget, generation_context, held_out_sets
     from pdclm.model.io import find_model_dir, load_model
     from pdclm.train.cognitive import write_jsonl_atomic
@@ -357,8 +358,6 @@ def cmd_selfplay(args: SelfplayCmd) -> dict:
     budget, cg = eval_budget(cfg.tasks), cfg.cognitive
     own = [n for n in cfg.tasks.names if n in GENERATORS]
     rng = random.Random(args.seed)
-    from pdclm.data.tasks import make_source, training_items
-
     talk_items = [
         it
         for name in cfg.tasks.names
