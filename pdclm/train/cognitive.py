@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from pdclm.cognition.selfplay import Verified, dialogue, propose_and_solve
 from pdclm.config import Config
@@ -42,6 +43,8 @@ from pdclm.eval.tasks import (
     evaluate_tasks,
     generation_context,
     held_out_sets,
+    plot_budget_sweep,
+    plot_task_accuracy,
     run_items,
     source_separation,
 )
@@ -49,7 +52,7 @@ from pdclm.model.io import find_model_dir, load_model, save_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.pipeline import RunContext
 from pdclm.train.checkpoint import write_json_atomic
-from pdclm.train.loop import Trainer
+from pdclm.train.loop import Trainer, resolve_device
 from pdclm.train.objectives import mean_bpb, weighted_lm_loss
 from pdclm.train.pretrain import held_out_batches, store_profiles
 
@@ -139,6 +142,11 @@ class RoundData:
             for it in curriculum_items
         ]
         episodes += proposals + talks
+        if not episodes:
+            raise RuntimeError(
+                f"round {r} produced no training episodes: every configured task's questions at "
+                "these levels are held out (lower tasks.eval_items or add tasks)"
+            )
         leaked = [v for v in episodes if v.episode.question in self.exclude]
         if leaked:  # never train on a held-out question, whatever produced it
             raise RuntimeError(f"held-out question reached round {r}'s data: {leaked[0]}")
@@ -158,6 +166,12 @@ class RoundData:
         jsonl, meta_path = self.paths(r)
         write_jsonl_atomic(jsonl, [v.to_json() for v in episodes])
         write_json_atomic(meta_path, meta)  # last: its presence marks the round as complete
+        if progress:
+            solved = ", ".join(f"{n} {p:.2f}" for n, p in probe.items() if p)
+            tqdm.write(
+                f"phase2 round {r}: {len(episodes)} episodes ({meta['episodes']}); "
+                f"probe success: {solved or 'none yet'}"
+            )
         return meta
 
     def probe(self, model: PDCLM, seed: int) -> dict[str, float]:
@@ -239,7 +253,7 @@ class Cognitive:
         if not ctx.resume and folder.exists():
             shutil.rmtree(folder)  # a fresh run of this phase: no stale rounds or checkpoints
         start = run_dir / "phase1_model"
-        if not start.exists():  # keep the Phase 1 weights: later phases compare against them
+        if not start.exists():  # a run folder from before Phase 1 kept its own copy
             shutil.copytree(find_model_dir(run_dir), start)
         model, mcfg = load_model(start)
         cfg.pse.patcher.threshold = mcfg.pse.patcher.threshold
@@ -270,7 +284,7 @@ class Cognitive:
             sample=data.batch,
             loss_fn=weighted_lm_loss,
             log=ctx.log,
-            evaluate=mean_bpb(val_batches, trainer_device(cfg)),
+            evaluate=mean_bpb(val_batches, resolve_device(cfg.train.device)),
             progress=ctx.progress,
         )
         step = trainer.restore()
@@ -296,8 +310,6 @@ class Cognitive:
         result: dict[str, Any],
         rounds: list[dict[str, Any]],
     ) -> dict[str, Any]:
-        from pdclm.eval.tasks import plot_budget_sweep, plot_task_accuracy
-
         cfg, run_dir = ctx.cfg, ctx.run_dir
         bf16 = cfg.train.bf16
         tasks = evaluate_tasks(model, sets, cfg.tasks, bf16)
@@ -331,9 +343,3 @@ class Cognitive:
             "val_history": history,
             "plots": [p.name for p in plots],
         }
-
-
-def trainer_device(cfg: Config) -> torch.device:
-    from pdclm.train.loop import resolve_device
-
-    return resolve_device(cfg.train.device)

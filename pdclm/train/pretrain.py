@@ -195,7 +195,8 @@ class Pretrain:
         )
         result = trainer.fit(resume=ctx.resume)
         model.eval().cpu()
-        save_model(model, cfg, run_dir / "model")
+        save_model(model, cfg, run_dir / "model")  # the run's latest model
+        save_model(model, cfg, run_dir / "phase1_model")  # what later phases start from
 
         starts = model.patch(cal_tokens, cal_entropy)
         history = result.pop("history")
