@@ -148,11 +148,6 @@ def peer_context(answers: Sequence[str]) -> str:
     return "Other agents answered: " + "; ".join(a or "(none)" for a in answers) + "."
 
 
-def consistent(item: Item, sol: Solution) -> bool:
-    task = item.entry if isinstance(item.entry, Task) else None
-    return check(sol.steps, sol.answer, task).consistent
-
-
 def dialogue(
     model: PDCLM,
     items: Sequence[Item],
@@ -186,7 +181,7 @@ def dialogue(
             continue
         final_ok += 1
         for a, s in enumerate(r2):
-            if s.answer.strip() == final and consistent(item, s):
+            if s.answer.strip() == final and check(s.steps, s.answer, item.task).consistent:
                 ep = Episode(revised_q[i * agents + a], s.steps, s.answer)
                 kept.append(Verified(ep, item.source, "dialogue", 0.0))
                 break

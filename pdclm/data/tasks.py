@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pdclm.data.generators import GENERATORS, eval_steps
+from pdclm.data.generators import GENERATORS, Task, eval_steps
 
 EVAL_SEED = 1_000_000_007
 """Held-out items come from seeds at and above this; training seeds stay far below it."""
@@ -42,6 +42,11 @@ class Item:
     """Gold thinking (empty where a source has none)."""
     entry: Any = field(default=None, compare=False, hash=False)
     """What the source's scorer needs."""
+
+    @property
+    def task(self) -> Task | None:
+        """The generator's task, for its task-aware step checks (None for reasoning-gym)."""
+        return self.entry if isinstance(self.entry, Task) else None
 
 
 # level -> reasoning-gym config overrides; level 1 is the "easy level" the goals refer to

@@ -17,7 +17,6 @@ import torch
 
 from pdclm.cognition.ccm import Budget, Solution, agreement, check, solve, source_reliance
 from pdclm.config import TasksConfig
-from pdclm.data.generators import Task
 from pdclm.data.tasks import Item, Source, constant_baseline, held_out, make_source
 from pdclm.model.pdclm import PDCLM
 
@@ -69,9 +68,18 @@ def flag_stats(flagged: Sequence[bool], wrong: Sequence[bool]) -> dict[str, floa
     }
 
 
-def verdict_of(item: Item, sol: Solution):
-    task = item.entry if isinstance(item.entry, Task) else None
-    return check(sol.steps, sol.answer, task)
+def solve_sets(
+    model: PDCLM, sets: dict[str, list[Item]], budget: Budget, batch: int, bf16: bool
+) -> dict[str, list[Solution]]:
+    """Greedy solutions for every task's items, in one batched pass, grouped back by task."""
+    flat = [it for items in sets.values() for it in items]
+    sols = iter(run_items(model, flat, budget, batch, bf16))
+    return {name: [next(sols) for _ in items] for name, items in sets.items()}
+
+
+def correct(source: Source, items: Sequence[Item], sols: Sequence[Solution]) -> list[bool]:
+    """Full credit only, by the task's own verifier."""
+    return [source.score(it, s.answer) >= 1.0 for it, s in zip(items, sols, strict=True)]
 
 
 def evaluate_tasks(
@@ -79,22 +87,21 @@ def evaluate_tasks(
 ) -> dict[str, Any]:
     """Per task: accuracy, the best constant answer's accuracy, forced-answer rate, thinking
     length, and the consistency check's precision/recall at catching wrong answers."""
-    flat = [it for items in sets.values() for it in items]
-    sols = run_items(model, flat, eval_budget(cfg), cfg.batch, bf16)
+    solved = solve_sets(model, sets, eval_budget(cfg), cfg.batch, bf16)
     out: dict[str, Any] = {}
-    all_flags, all_wrong, i = [], [], 0
+    all_flags, all_wrong = [], []
     for name, items in sets.items():
-        source = make_source(name)
-        part = sols[i : i + len(items)]
-        i += len(items)
-        correct = [source.score(it, s.answer) >= 1.0 for it, s in zip(items, part, strict=True)]
-        flags = [not verdict_of(it, s).consistent for it, s in zip(items, part, strict=True)]
-        wrong = [not c for c in correct]
+        source, part = make_source(name), solved[name]
+        wrong = [not c for c in correct(source, items, part)]
+        flags = [
+            not check(s.steps, s.answer, it.task).consistent
+            for it, s in zip(items, part, strict=True)
+        ]
         all_flags += flags
         all_wrong += wrong
         const, const_acc = constant_baseline(source, items)
         out[name] = {
-            "accuracy": sum(correct) / max(1, len(items)),
+            "accuracy": (len(items) - sum(wrong)) / max(1, len(items)),
             "constant_baseline": const_acc,
             "constant_answer": const,
             "n": len(items),
@@ -118,17 +125,12 @@ def budget_sweep(
 ) -> dict[str, dict[str, float]]:
     """Accuracy per task for each thinking-step budget in ``cfg.budgets``."""
     subsets = {n: items[: cfg.sweep_items] for n, items in sets.items()}
-    flat = [it for items in subsets.values() for it in items]
     out: dict[str, dict[str, float]] = {n: {} for n in subsets}
     for steps in cfg.budgets:
-        sols = run_items(model, flat, eval_budget(cfg, steps), cfg.batch, bf16)
-        i = 0
+        solved = solve_sets(model, subsets, eval_budget(cfg, steps), cfg.batch, bf16)
         for name, items in subsets.items():
-            source = make_source(name)
-            part = sols[i : i + len(items)]
-            i += len(items)
-            acc = sum(source.score(it, s.answer) >= 1.0 for it, s in zip(items, part, strict=True))
-            out[name][str(steps)] = acc / max(1, len(items))
+            right = correct(make_source(name), items, solved[name])
+            out[name][str(steps)] = sum(right) / max(1, len(items))
     return out
 
 
