@@ -109,6 +109,10 @@ class SolveCmd(Common):
     temperature: float = 0.8
     context: str | None = None
     """Given context: also report how much the answer relies on it."""
+    reflect: bool = False
+    """Self-debugging: the reflection network (trained in Phase 3) scores the answer; below
+    its threshold the thinking is resumed before the first doubtful step and resampled, for
+    ``--rl.reflection.rounds`` rounds; every round is shown."""
     seed: int = 0
 
 
@@ -138,7 +142,9 @@ class EvalCmd(Common):
 class BenchCmd(Common):
     """Benchmarks against baselines, measured in one run on this machine."""
 
-    which: tyro.conf.Positional[Literal["pretrain"]] = "pretrain"
+    which: tyro.conf.Positional[Literal["pretrain", "rewards"]] = "pretrain"
+    ckpt: str | None = None
+    """``rewards``: the run (or model folder) whose Phase 2 model both variants start from."""
 
 
 COMMANDS: dict[str, type[Common]] = {
@@ -281,6 +287,23 @@ def cmd_generate(args: GenerateCmd) -> dict:
     return {"prompt": args.prompt, "completion": out.decode(errors="replace")}
 
 
+def reflect_rounds(model, layers: int, question: str, budget, args: SolveCmd, gen) -> list:
+    """Run reflect -> revise and print each round (the chosen attempt last)."""
+    from pdclm.cognition.reflection import load_reflector, reflect_and_revise
+    from pdclm.model.io import find_model_dir
+
+    rf = args.config.rl.reflection
+    critic = load_reflector(model, layers, find_model_dir(args.ckpt))
+    attempts = reflect_and_revise(model, critic, [question], budget, rf, gen)[0]
+    for i, a in enumerate(attempts):
+        label = "chosen" if i == len(attempts) - 1 and i else f"round {i}"
+        print(f"reflection {label}: answer {a.solution.answer!r}, score {a.scores.answer:.2f}")
+        for j, (step, p) in enumerate(zip(a.solution.steps, a.scores.steps, strict=False)):
+            kept = " (kept)" if j < a.prefix_steps else ""
+            print(f"    {p:.2f}  {step}{kept}")
+    return attempts
+
+
 def cmd_solve(args: SolveCmd) -> dict:
     import torch
 
@@ -291,11 +314,14 @@ def cmd_solve(args: SolveCmd) -> dict:
 
     if not args.question:
         raise ConfigError("give a question")
-    model, _ = load_model(args.ckpt)
+    model, saved = load_model(args.ckpt)
     gen = torch.Generator().manual_seed(args.seed)
     question = with_context(args.context or "", args.question)
     budget = Budget(args.think_budget, args.think_bytes)
-    best = solve(model, [question], budget)[0]  # greedy; more samples only for agreement
+    layers = saved.rl.reflection.latent_layers  # as trained; rounds etc. from the flags
+    rounds = reflect_rounds(model, layers, question, budget, args, gen) if args.reflect else None
+    # greedy (or the reflection's choice); more samples only for agreement
+    best = rounds[-1].solution if rounds else solve(model, [question], budget)[0]
     sols = [best] + solve(
         model, [question] * (args.samples - 1), budget, args.temperature, generator=gen
     )
@@ -325,6 +351,11 @@ def cmd_solve(args: SolveCmd) -> dict:
         result["task"] = task.generator
         result["correct"] = GENERATORS[task.generator].score(task, best.answer) >= 1.0
         print(f"recognised as a {task.generator} task; answer correct: {result['correct']}")
+    if rounds:
+        result["reflection"] = [
+            {"answer": a.solution.answer, "score": a.scores.answer, "kept_steps": a.prefix_steps}
+            for a in rounds
+        ]
     if len(sols) > 1:
         result["agreement"] = agreement([s.answer for s in sols])
         print(f"samples: {[s.answer for s in sols]} -> {result['agreement']}")
@@ -414,9 +445,12 @@ def cmd_eval(args: EvalCmd) -> dict:
 
 
 def cmd_bench(args: BenchCmd) -> dict:
-    from pdclm.eval.bench import bench_pretrain
+    from pdclm.eval.bench import bench_pretrain, bench_rewards
 
-    return bench_pretrain(args.config, Path(args.out) if args.out else None)
+    out = Path(args.out) if args.out else None
+    if args.which == "rewards":
+        return bench_rewards(args.config, args.ckpt, out)
+    return bench_pretrain(args.config, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -219,14 +219,84 @@ class CognitiveConfig:
     """Self-play: questions per round answered by several agents that read each other."""
     agents: int = 2
     temperature: float = 0.7
+    unanswerable_share: float = 0.03
+    """Share of gold-trace episodes whose question hides a number (answer: unknown)."""
     """Sampling temperature of self-play."""
+
+
+@dataclass
+class RewardsConfig:
+    """Weights of the Multi-Reward RL channels (0 switches a channel off) and how they combine.
+    Every channel but correctness pays only when the answer is correct."""
+
+    correctness: float = 1.0
+    consistency: float = 0.3
+    justification: float = 0.2
+    efficiency: float = 0.1
+    hallucination: float = 0.3
+    aggregate: str = "channel"
+    """``channel``: normalise each channel within its group, then sum (a rare channel is not
+    drowned by a frequent one); ``sum``: sum the weighted channels, then normalise."""
+
+
+@dataclass
+class ReflectionConfig:
+    """The reflection network: a small critic built like the policy (same PSE), fewer layers."""
+
+    latent_layers: int = 1
+    """Latent layers (the policy's first ones are its starting point)."""
+    steps: int = 120
+    """Optimizer steps of each (re)training."""
+    batch: int = 32
+    lr: float = 1e-3
+    items: int = 600
+    """Gold-trace training questions per (re)training, each also as a corrupted twin."""
+    rollouts: int = 256
+    """Policy rollouts (most recent first) added to each retraining."""
+    threshold: float = 0.5
+    """An answer scoring below this is flagged (and revised by ``solve --reflect``)."""
+    rounds: int = 2
+    """Revision rounds of ``--reflect`` (each within the CCM budget)."""
+    samples: int = 4
+    """Candidates sampled per revision round; the best-scored one is kept."""
+
+
+@dataclass
+class RLConfig:
+    """Phase 3, reflective reinforcement: group-relative policy optimisation with several
+    rewards, starting from the Phase 2 model."""
+
+    steps: int = 60
+    prompts: int = 16
+    """Questions per step..."""
+    group: int = 8
+    """... each sampled this many times (G): advantages are relative within the group."""
+    temperature: float = 1.0
+    lr: float = 2e-4
+    warmup: int = 5
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    """Asymmetric clipping of the importance ratio: 1 - clip_low .. 1 + clip_high (a higher
+    ceiling lets unlikely good actions grow)."""
+    kl: float = 0.02
+    """Weight of the KL penalty to the frozen Phase 2 model (0 = none)."""
+    updates: int = 1
+    """Optimizer steps on each batch of rollouts (> 1 makes the clipped ratio bite)."""
+    reflect_every: int = 20
+    """Retrain the reflection network every this many steps, on the policy's newest rollouts."""
+    unanswerable_share: float = 0.1
+    """Share of prompts that cannot be answered from what they give (saying so is rewarded)."""
+    robustness_items: int = 32
+    """Held-out questions per task in the perturbed-wording robustness check."""
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    reflection: ReflectionConfig = field(default_factory=ReflectionConfig)
 
 
 @dataclass
 class Config:
     preset: str = "default"
     """Preset name (tiny, cpu, gpu) or a .toml/.json config file; read before other flags."""
-    phases: list[str] = field(default_factory=lambda: ["pretrain", "cognitive"])
+    phases: list[str] = field(default_factory=lambda: ["pretrain", "cognitive", "reflective"])
     """Phases ``pdclm run`` executes, in order."""
     data: DataConfig = field(default_factory=DataConfig)
     pse: PSEConfig = field(default_factory=PSEConfig)
@@ -234,6 +304,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
     cognitive: CognitiveConfig = field(default_factory=CognitiveConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
@@ -389,5 +460,27 @@ def validate(cfg: Config) -> None:
         need(getattr(cg, name) >= 1, f"cognitive.{name} must be >= 1")
     need(cg.steps >= cg.rounds, "cognitive.steps must be >= cognitive.rounds")
     need(0.0 <= cg.text_share < 1.0, "cognitive.text_share must be in [0, 1)")
+    need(0.0 <= cg.unanswerable_share < 1.0, "cognitive.unanswerable_share must be in [0, 1)")
     need(0.0 <= cg.question_weight <= 1.0, "cognitive.question_weight must be in [0, 1]")
     need(cg.lr > 0 and cg.temperature > 0, "cognitive.lr and cognitive.temperature must be > 0")
+    rl = cfg.rl
+    for name in ("steps", "prompts", "group", "updates", "reflect_every", "robustness_items"):
+        need(getattr(rl, name) >= 1, f"rl.{name} must be >= 1")
+    need(rl.group >= 2, "rl.group must be >= 2 (advantages are relative within a group)")
+    need(rl.lr > 0 and rl.temperature > 0, "rl.lr and rl.temperature must be > 0")
+    need(0 <= rl.clip_low < 1 and rl.clip_high >= 0, "rl.clip_low in [0, 1), rl.clip_high >= 0")
+    need(rl.kl >= 0, "rl.kl must be >= 0")
+    need(0.0 <= rl.unanswerable_share < 1.0, "rl.unanswerable_share must be in [0, 1)")
+    rw = rl.rewards
+    need(rw.aggregate in ("channel", "sum"), "rl.rewards.aggregate must be channel or sum")
+    weights = [getattr(rw, c) for c in ("correctness", "consistency", "justification")]
+    weights += [rw.efficiency, rw.hallucination]
+    need(all(w >= 0 for w in weights) and any(weights), "rl.rewards: weights >= 0, not all 0")
+    rf = rl.reflection
+    need(
+        1 <= rf.latent_layers <= lat.layers,
+        "rl.reflection.latent_layers must be in [1, model.latent.layers]",
+    )
+    for name in ("steps", "batch", "items", "samples"):
+        need(getattr(rf, name) >= 1, f"rl.reflection.{name} must be >= 1")
+    need(rf.rounds >= 0 and 0 < rf.threshold < 1, "rl.reflection.rounds >= 0, threshold in (0, 1)")

@@ -42,8 +42,9 @@ def phase_registry() -> dict[str, type]:
     """Every phase ``pdclm run`` knows, by name, in the order they run."""
     from pdclm.train.cognitive import Cognitive
     from pdclm.train.pretrain import Pretrain
+    from pdclm.train.reflective import Reflective
 
-    return {cls.name: cls for cls in (Pretrain, Cognitive)}
+    return {cls.name: cls for cls in (Pretrain, Cognitive, Reflective)}
 
 
 def new_run_dir(out: str | None) -> Path:

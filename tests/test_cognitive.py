@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,28 +146,69 @@ class Parity:
         return [False] * len(steps)
 
 
-def test_a_tiny_phase2_run_lifts_a_task_above_its_constant_baseline(tmp_path, corpus, monkeypatch):
-    from pdclm.data.ingest import prepare
-    from pdclm.model.io import save_model
-    from pdclm.model.pdclm import PDCLM
-    from pdclm.pipeline import run_phases
-
-    monkeypatch.setitem(GENERATORS, "parity", Parity())
+def parity_config(corpus, tmp: Path):
     cfg = load_preset("tiny")
-    cfg.data.sources, cfg.data.dir = [str(corpus)], str(tmp_path / "data")
+    cfg.data.sources, cfg.data.dir = [str(corpus)], str(tmp / "data")
     cfg.pse.patcher.rule = "whitespace"  # meaningful patches without a trained entropy model
     cfg.tasks.names, cfg.tasks.eval_items, cfg.tasks.budgets = ["parity"], 40, [0]
     cfg.cognitive.steps, cfg.cognitive.rounds, cfg.cognitive.lr = 150, 2, 3e-3
     cfg.cognitive.batch = 8
     cfg.cognitive.episodes_per_round, cfg.cognitive.text_share = 1000, 0.0
-    run = tmp_path / "run"
-    torch.manual_seed(0)
-    save_model(PDCLM(cfg.pse, cfg.model), cfg, run / "model")  # an untrained "Phase 1" model
-    prepare(cfg.data, progress=False)
-    report = run_phases(cfg, run, progress=False, only=["cognitive"])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def parity_run(corpus, tmp_path_factory):
+    """One tiny Phase 2 run on the parity task (from an untrained "Phase 1" model)."""
+    from pdclm.data.ingest import prepare
+    from pdclm.model.io import save_model
+    from pdclm.model.pdclm import PDCLM
+    from pdclm.pipeline import run_phases
+
+    tmp = tmp_path_factory.mktemp("parity")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(GENERATORS, "parity", Parity())
+        cfg = parity_config(corpus, tmp)
+        run = tmp / "run"
+        torch.manual_seed(0)
+        save_model(PDCLM(cfg.pse, cfg.model), cfg, run / "model")
+        prepare(cfg.data, progress=False)
+        report = run_phases(cfg, run, progress=False, only=["cognitive"])
+    return tmp, run, report
+
+
+def test_a_tiny_phase2_run_lifts_a_task_above_its_constant_baseline(parity_run):
+    _, run, report = parity_run
     parity = report["phase2"]["tasks"]["parity"]
     assert parity["accuracy"] >= parity["constant_baseline"] + 0.3, parity
     rounds = list((run / "cognitive" / "rounds").glob("round_*.jsonl"))
     assert len(rounds) == 2
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(GENERATORS, "parity", Parity())
+        held = {it.question for it in held_out(make_source("parity"), 1, 40)}
     trained = {json.loads(line)["question"] for r in rounds for line in r.read_text().splitlines()}
-    assert trained and not trained & {it.question for it in held_out(make_source("parity"), 1, 40)}
+    assert trained and not trained & held
+
+
+def test_a_tiny_phase3_run_raises_the_correctness_reward(parity_run, corpus, monkeypatch):
+    from pdclm.pipeline import run_phases
+
+    tmp, phase2_run, _ = parity_run
+    monkeypatch.setitem(GENERATORS, "parity", Parity())
+    cfg = parity_config(corpus, tmp)
+    cfg.rl.steps, cfg.rl.prompts, cfg.rl.group = 24, 8, 8
+    cfg.rl.temperature, cfg.rl.lr, cfg.rl.kl = 1.5, 2e-3, 0.0
+    cfg.rl.reflect_every, cfg.rl.robustness_items = 24, 4
+    run = tmp / "phase3"
+    shutil.copytree(phase2_run / "model", run / "model")
+    report = run_phases(cfg, run, progress=False, only=["reflective"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    reward = [r["correctness"] for r in rows if r["phase"] == "phase3/grpo"]
+    assert len(reward) == 24
+    first, last = sum(reward[:6]) / 6, sum(reward[-6:]) / 6
+    assert last >= first + 0.1, reward
+    assert {"correctness", "consistency", "justification", "efficiency", "hallucination"} <= set(
+        rows[-1]
+    )
+    p3 = report["phase3"]
+    assert p3["tasks"]["parity"]["n"] == 40 and "reflect" in p3["robustness"]

@@ -59,6 +59,11 @@ def test_run_leaves_a_complete_run_folder(tiny_run: Path):
         "phase2_task_accuracy.png",
         "phase2_accuracy_vs_budget.png",
         "cognitive/rounds/round_01.jsonl",
+        "phase2_model/model.safetensors",
+        "phase3_task_accuracy.png",
+        "phase3_reward_channels.png",
+        "reflective/critic/v01.safetensors",
+        "reflective/rollouts/batch_00003.jsonl",
     ):
         assert (tiny_run / name).exists(), name
     assert list((tiny_run / "tb").iterdir()), "no TensorBoard events"
@@ -77,6 +82,17 @@ def test_run_leaves_a_complete_run_folder(tiny_run: Path):
     assert p2["text_bpb_before"] is not None and p2["text_bpb_after"] is not None
     assert p2["source_separation"]["answers"] > 0
     assert "Held-out task accuracy" in md and "phase2 accuracy" in md
+    p3 = report["phase3"]
+    assert "phase3 accuracy" in md
+    for key in ("answer", "step"):
+        assert p3["reflection"][key]["wrong"] >= 0
+    for mode in ("plain", "reflect"):
+        assert 0 <= p3["robustness"][mode]["perturbed"] <= 1
+    metrics = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    grpo = [m for m in metrics if m["phase"] == "phase3/grpo"]
+    assert len(grpo) == report["config"]["rl"]["steps"]
+    for channel in ("correctness", "consistency", "justification", "efficiency", "hallucination"):
+        assert all(0 <= m[channel] <= 1 for m in grpo), channel
 
 
 def test_resuming_a_finished_run_redoes_nothing(tiny_run: Path, tmp_path, corpus):
@@ -225,11 +241,12 @@ def test_a_corrupt_checkpoint_stops_resume_with_a_clear_error(
     assert "corrupt" in err and str(ckpt) in err
 
 
-def test_a_run_killed_in_either_phase_resumes_to_the_same_weights(tmp_path, corpus, monkeypatch):
+def test_a_run_killed_in_any_phase_resumes_to_the_same_weights(tmp_path, corpus, monkeypatch):
     from safetensors.torch import load_file
 
     from pdclm.data.shards import BatchSampler
     from pdclm.train.cognitive import RoundData
+    from pdclm.train.reflective import RolloutBatches
 
     args = [*common(tmp_path, corpus), "--train.steps", "30"]
     assert main(["run", *args, "--out", str(tmp_path / "straight")]) == 0
@@ -258,6 +275,20 @@ def test_a_run_killed_in_either_phase_resumes_to_the_same_weights(tmp_path, corp
     assert (tmp_path / "killed" / "phases" / "pretrain.json").exists()
     assert not (tmp_path / "killed" / "phases" / "cognitive.json").exists()
     monkeypatch.setattr(RoundData, "batch", real_round_batch)
+
+    real_rollouts = RolloutBatches.batch
+
+    def dies_in_phase3(self, i):  # rollouts of update 3 on disk, its step not taken
+        out = real_rollouts(self, i)
+        if i == 3:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(RolloutBatches, "batch", dies_in_phase3)
+    assert main(["run", *args, "--resume", str(tmp_path / "killed")]) == 130
+    assert (tmp_path / "killed" / "phases" / "cognitive.json").exists()
+    assert not (tmp_path / "killed" / "phases" / "reflective.json").exists()
+    monkeypatch.setattr(RolloutBatches, "batch", real_rollouts)
     assert main(["run", *args, "--resume", str(tmp_path / "killed")]) == 0
 
     a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))

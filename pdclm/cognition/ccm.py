@@ -48,6 +48,12 @@ class Solution:
     forced: bool
     """True when the budget, not the model, closed the thinking."""
     thinking_bytes: int
+    symbols: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    """Every symbol of the episode, prompt first, as the stream read it (ends with EOS)."""
+    actions: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    """Per symbol: what the model sampled where its own choice decided that symbol (it can
+    differ, e.g. a sampled newline ends the answer as EOS), else -1 (prompt, forced closing).
+    These are the policy's actions in reinforcement learning."""
 
 
 @dataclass
@@ -56,6 +62,8 @@ class _Row:
 
     pending: deque[int]
     thinking: bytearray = field(default_factory=bytearray)
+    symbols: list[int] = field(default_factory=list)
+    actions: list[int] = field(default_factory=list)
     answer: bytearray = field(default_factory=bytearray)
     steps_done: int = 0
     line_has_text: bool = False
@@ -70,25 +78,37 @@ class _Row:
 
     def next_symbol(self, sampled: int, budget: Budget) -> int:
         """The symbol this row pushes next, given what the model sampled for it."""
+        symbol, action = self._decide(sampled, budget)
+        self.symbols.append(symbol)
+        self.actions.append(action)
+        return symbol
+
+    def _decide(self, sampled: int, budget: Budget) -> tuple[int, int]:
         if self.pending:
-            return self.pending.popleft()
+            return self.pending.popleft(), -1
         if not self.answering:
             if self.steps_done >= budget.max_steps or len(self.thinking) >= budget.max_bytes:
-                return self.close_thinking(forced=True)
+                return self.close_thinking(forced=True), -1
             if sampled >= 256:  # END_THINK or any control symbol: the model closes its thinking
-                return self.close_thinking(forced=False)
-            self.thinking.append(sampled)
-            if sampled == NEWLINE:  # a step is a line with something other than white space
-                self.steps_done += self.line_has_text
-                self.line_has_text = False
-            else:
-                self.line_has_text |= not chr(sampled).isspace()
-            return sampled
-        if sampled >= 256 or sampled == NEWLINE or len(self.answer) >= budget.answer_bytes:
+                return self.close_thinking(forced=False), sampled
+            self.think(sampled)
+            return sampled, sampled
+        if len(self.answer) >= budget.answer_bytes:
             self.done = True
-            return EOS
+            return EOS, -1
+        if sampled >= 256 or sampled == NEWLINE:
+            self.done = True
+            return EOS, sampled
         self.answer.append(sampled)
-        return sampled
+        return sampled, sampled
+
+    def think(self, byte: int) -> None:
+        self.thinking.append(byte)
+        if byte == NEWLINE:  # a step is a line with something other than white space
+            self.steps_done += self.line_has_text
+            self.line_has_text = False
+        else:
+            self.line_has_text |= not chr(byte).isspace()
 
 
 @torch.no_grad()
@@ -100,16 +120,25 @@ def solve(
     top_k: int = 0,
     generator: torch.Generator | None = None,
     batch: int = 64,
+    prefixes: Sequence[str] | None = None,
 ) -> list[Solution]:
     """Think within ``budget``, then answer, for every question (``batch`` rows at a time).
 
     The thinking never exceeds the budget: when it runs out, END_THINK and ANSWER are pushed
-    for the model and it must answer.
+    for the model and it must answer. ``prefixes`` (one per question) are thinking already
+    written: the model continues after it (how a revision resumes before a flagged step).
     """
     out: list[Solution] = []
+    prefixes = list(prefixes) if prefixes is not None else [""] * len(questions)
     for lo in range(0, len(questions), batch):
         chunk = list(questions[lo : lo + batch])
-        rows = [_Row(deque(prompt(q))) for q in chunk]
+        rows = []
+        for q, pre in zip(chunk, prefixes[lo : lo + batch], strict=True):
+            head = pre.encode()
+            row = _Row(deque([*prompt(q), *head]))
+            for byte in head:
+                row.think(byte)
+            rows.append(row)
         live = list(range(len(rows)))  # stream row j is question live[j]
         stream = model.start_stream(len(rows))
         sampled = [0] * len(rows)
@@ -131,6 +160,8 @@ def solve(
                     r.answer.decode("utf-8", "replace").strip(),
                     r.forced,
                     len(r.thinking),
+                    tuple(r.symbols),
+                    tuple(r.actions),
                 )
             )
     return out

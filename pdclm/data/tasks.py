@@ -320,6 +320,30 @@ def training_items(source: Source, level: int, n: int, seed: int, exclude: set[s
     return out[:n]
 
 
+UNANSWERABLE = "unknown"
+"""The answer to a question that does not give what it asks about."""
+UNANSWERABLE_FROM = ("basic_arithmetic", "chain_sum", "arithmetic", "bank", "registers")
+"""Tasks whose numbers are all operands: hiding one leaves a question with no answer."""
+
+
+def unanswerable(item: Item, rng: random.Random) -> Item | None:
+    """The question with one of its numbers replaced by a letter it never defines (None if
+    the task has no such numbers). Its answer is :data:`UNANSWERABLE`."""
+    numbers = list(re.finditer(r"\d+", item.question))
+    if item.source not in UNANSWERABLE_FROM or not numbers:
+        return None
+    m, name = rng.choice(numbers), rng.choice("nkxyz")
+    question = item.question[: m.start()] + name + item.question[m.end() :]
+    return Item(item.source, item.level, question, UNANSWERABLE, (f"{name} is not given",))
+
+
+def verify(item: Item, answer: str) -> bool:
+    """Full credit by the task's verifier; an unanswerable question wants exactly that said."""
+    if item.answer == UNANSWERABLE:
+        return answer.strip().lower() == UNANSWERABLE
+    return make_source(item.source).score(item, answer) >= 1.0
+
+
 def constant_baseline(source: Source, items: list[Item], candidates: int = 10) -> tuple[str, float]:
     """The best single answer to give to every question, and its accuracy on ``items``."""
     common = [a for a, _ in Counter(it.answer for it in items).most_common(candidates)]

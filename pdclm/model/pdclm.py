@@ -78,6 +78,10 @@ class PDCLM(nn.Module):
 
     def forward(self, tokens: Tensor, entropy: Tensor | None = None) -> Tensor:
         """Logits (B, N-1, V) predicting ``tokens[:, 1:]`` from ``tokens[:, :-1]``."""
+        return self.head(self.features(tokens, entropy))
+
+    def features(self, tokens: Tensor, entropy: Tensor | None = None) -> Tensor:
+        """The decoder's output states (B, N-1, d): state j has read ``tokens[:, : j + 1]``."""
         B, N = tokens.shape
         inputs = tokens[:, :-1]
         pid = patch_ids(self.patch(tokens, entropy))  # (B, N) patch of every position
@@ -92,7 +96,7 @@ class PDCLM(nn.Module):
         target_pid = pid[:, 1:]  # the latent of patch p-1 serves the symbols of patch p
         ctx = z.gather(1, target_pid.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
         x = h + self.from_latent(ctx)
-        return self.head(self.decoder(x, seg=target_pid))
+        return self.decoder(x, seg=target_pid)
 
     # -------------------------------------------------------------------------- generation path
     def start_stream(self, batch: int = 1) -> Stream:

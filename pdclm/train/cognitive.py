@@ -35,7 +35,7 @@ from pdclm.config import Config
 from pdclm.data.episodes import Episode, pack, weighted_symbols
 from pdclm.data.generators import GENERATORS
 from pdclm.data.shards import BatchSampler, ShardSet
-from pdclm.data.tasks import Curriculum, Item, make_source, training_items
+from pdclm.data.tasks import Curriculum, Item, make_source, training_items, unanswerable
 from pdclm.eval.tasks import (
     agreement_check,
     budget_sweep,
@@ -193,7 +193,8 @@ class RoundData:
 
     def sample_items(self, n: int, rng: random.Random, seed: int) -> list[Item]:
         """``n`` training items: tasks by curriculum weight; half at a task's level, half at a
-        level drawn from 1..level (so easier levels are not forgotten)."""
+        level drawn from 1..level (so easier levels are not forgotten); a share of them with a
+        number hidden, so the model learns to say a question cannot be answered."""
         if n <= 0:
             return []
         w = self.curriculum.weights()
@@ -207,6 +208,10 @@ class RoundData:
         for (name, level), k in sorted(wanted.items()):
             items += training_items(make_source(name), level, k, seed + 17 * level, self.exclude)
         rng.shuffle(items)
+        for i in range(round(n * self.cfg.cognitive.unanswerable_share)):
+            hidden = unanswerable(items[i], rng)  # gold: "x is not given", answer "unknown"
+            if hidden is not None and hidden.question not in self.exclude:
+                items[i] = hidden
         return items
 
     # ------------------------------------------------------------------------------ batches

@@ -1,0 +1,411 @@
+"""Phase 3, reflective reinforcement: the model optimises its own reasoning.
+
+Starting from the Phase 2 model, each policy update
+
+1. picks questions (tasks weighted by how often they are solved: sometimes-but-not-always
+   is where the signal is), a share of them made unanswerable on purpose;
+2. samples G solutions per question with the model's incremental generation, within the
+   CCM's thinking budget;
+3. scores every rollout on the five reward channels (:mod:`pdclm.cognition.rewards`), the
+   justification channel being the reflection network's step scores;
+4. turns them into group-relative advantages and takes a clipped policy-gradient step
+   (:mod:`pdclm.train.grpo`) in the shared training loop, with a KL penalty to the frozen
+   Phase 2 model.
+
+The reflection network is trained before the first update and retrained every
+``rl.reflect_every`` updates on the policy's newest rollouts, so the policy cannot settle
+into its blind spots. Every batch of rollouts and every critic version is written to disk
+before it is used: a killed run resumes exactly. Afterwards: held-out accuracy after Phase 2
+and 3, the critic's precision/recall on held-out rollouts, robustness to perturbed wording
+with and without reflect-and-revise, the unanswerable-question check, and reward curves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from pdclm.cognition.ccm import check
+from pdclm.cognition.reflection import (
+    CRITIC_FILE,
+    Judged,
+    Reflector,
+    gold_pair,
+    judge,
+    score,
+    solution_episode,
+    train_reflector,
+)
+from pdclm.cognition.rewards import CHANNELS, Rollout, advantages, score_channels
+from pdclm.config import Config
+from pdclm.data.episodes import Episode
+from pdclm.data.tasks import (
+    Curriculum,
+    Item,
+    make_source,
+    training_items,
+    unanswerable,
+    verify,
+)
+from pdclm.eval.reflection import (
+    plot_reward_channels,
+    reflection_quality,
+    reward_curves,
+    robustness,
+    unanswerable_check,
+)
+from pdclm.eval.tasks import (
+    eval_budget,
+    evaluate_tasks,
+    generation_context,
+    held_out_sets,
+    plot_task_accuracy,
+    run_items,
+)
+from pdclm.model.io import find_model_dir, load_model, save_model
+from pdclm.model.pdclm import PDCLM
+from pdclm.pipeline import RunContext
+from pdclm.train.checkpoint import load_weights, save_weights
+from pdclm.train.grpo import action_logprobs, grpo_loss_fn, rollout_tensors
+from pdclm.train.loop import Trainer
+from pdclm.vocab import EOS
+
+STATS = (*CHANNELS, "thinking_bytes", "informative_groups", "unanswerable_said")
+"""What each batch of rollouts logs (reward channel means first), in this order."""
+
+
+class Critics:
+    """The reflection network's versions: version v serves updates v*reflect_every onward."""
+
+    def __init__(self, cfg: Config, folder: Path, policy: PDCLM, exclude: set[str]) -> None:
+        self.cfg, self.folder, self.policy, self.exclude = cfg, folder, policy, exclude
+        folder.mkdir(parents=True, exist_ok=True)
+        self.loaded: tuple[int, Reflector] | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def path(self, v: int) -> Path:
+        return self.folder / f"v{v:02d}.safetensors"
+
+    def get(self, v: int, rollouts: Callable[[], list[Judged]] = list) -> Reflector:
+        """Version ``v``: loaded if saved, else trained (continuing version v-1) on gold pairs
+        plus ``rollouts()`` and saved."""
+        if self.loaded and self.loaded[0] == v:
+            return self.loaded[1]
+        rf = self.cfg.rl.reflection
+        critic = Reflector(self.policy, rf.latent_layers)
+        if self.path(v).exists():
+            load_weights(critic, self.path(v))
+        else:
+            if v and self.path(v - 1).exists():
+                load_weights(critic, self.path(v - 1))
+            examples = self.gold(v) + rollouts()
+            stats = train_reflector(
+                critic,
+                examples,
+                rf,
+                self.folder / "train",
+                self.cfg.train.bf16,
+                self.cfg.train.seed + v,
+                self.cfg.train.device,
+            )
+            critic.cpu()
+            tmp = self.path(v).with_suffix(".tmp")
+            save_weights(critic, tmp)
+            tmp.replace(self.path(v))
+            self.history.append({"version": v, "examples": len(examples), **stats})
+        self.loaded = (v, critic.cpu().eval())
+        return critic
+
+    def gold(self, v: int) -> list[Judged]:
+        """Gold traces of fresh training questions, each with its corrupted twin."""
+        cfg, rf = self.cfg, self.cfg.rl.reflection
+        rng = random.Random(f"critic:{cfg.train.seed}:{v}")
+        names = list(cfg.tasks.names)
+        per = max(1, rf.items // len(names))
+        out: list[Judged] = []
+        for name in names:
+            source = make_source(name)
+            for it in training_items(source, cfg.tasks.eval_level, per, 4242 + v, self.exclude):
+                out += gold_pair(it, rng)
+        return out
+
+
+class RolloutBatches:
+    """Builds (or reloads) the rollouts of each policy update and serves them as batches."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        folder: Path,
+        policy: PDCLM,
+        reference: PDCLM | None,
+        critics: Critics,
+        exclude: set[str],
+        progress: bool,
+    ) -> None:
+        self.cfg, self.folder, self.policy, self.reference = cfg, folder, policy, reference
+        self.critics, self.exclude, self.progress = critics, exclude, progress
+        folder.mkdir(parents=True, exist_ok=True)
+        names = list(cfg.tasks.names)
+        self.names = names
+        self.curriculum = Curriculum(names, dict.fromkeys(names, 1), window=4 * cfg.rl.group)
+
+    def paths(self, k: int) -> tuple[Path, Path]:
+        return self.folder / f"batch_{k:05d}.safetensors", self.folder / f"batch_{k:05d}.jsonl"
+
+    def judged(self, before: int) -> list[Judged]:
+        """The newest saved rollouts before update ``before``, labelled, for the critic."""
+        want, out = self.cfg.rl.reflection.rollouts, []
+        for k in range(before - 1, -1, -1):
+            rows = self.paths(k)[1]
+            if rows.exists():
+                for line in rows.read_text().splitlines():
+                    d = json.loads(line)
+                    steps = tuple(None if s is None else bool(s) for s in d["step_ok"])
+                    ep = Episode(d["question"], tuple(d["steps"]), d["answer"])
+                    out.append(Judged(ep, steps, d["answer_ok"]))
+            if len(out) >= want:
+                break
+        return out[:want]
+
+    def critic_for(self, k: int) -> Reflector:
+        v = k // self.cfg.rl.reflect_every
+        return self.critics.get(v, (lambda: self.judged(k)) if v else self.warmup_rollouts)
+
+    def warmup_rollouts(self) -> list[Judged]:
+        """The Phase 2 policy's own sampled solutions of training questions, for critic v0."""
+        cfg = self.cfg
+        items = self.prompts(-1, cfg.rl.reflection.rollouts)
+        gen = torch.Generator().manual_seed(cfg.train.seed + 99)
+        sols = run_items(
+            self.policy, items, eval_budget(cfg.tasks), cfg.tasks.batch, cfg.train.bf16, 1.0, gen
+        )
+        return [judge(it, s) for it, s in zip(items, sols, strict=True)]
+
+    # --------------------------------------------------------------------------- questions
+    def prompts(self, k: int, n: int) -> list[Item]:
+        """``n`` training questions for update ``k``: tasks by curriculum weight, a share made
+        unanswerable."""
+        cfg = self.cfg
+        rng = random.Random(f"{cfg.train.seed}:prompts:{k}")
+        w = self.curriculum.weights()
+        names = rng.choices(list(w), weights=list(w.values()), k=n)
+        n_un = round(n * cfg.rl.unanswerable_share)
+        items: list[Item] = []
+        for name in sorted(set(names)):
+            count = names.count(name)
+            items += training_items(
+                make_source(name), cfg.tasks.eval_level, count, 9000 + 31 * k, self.exclude
+            )
+        rng.shuffle(items)
+        made = 0
+        for i, it in enumerate(items):
+            if made >= n_un:
+                break
+            hidden = unanswerable(it, rng)
+            if hidden is not None and hidden.question not in self.exclude:
+                items[i], made = hidden, made + 1
+        return items[:n]
+
+    # ----------------------------------------------------------------------------- rollouts
+    def replay(self, k: int) -> None:
+        """Bring the curriculum to where it was before update ``k`` (from the saved rows)."""
+        self.curriculum = Curriculum(
+            self.names, dict.fromkeys(self.names, 1), self.curriculum.window
+        )
+        for j in range(k):
+            rows = self.paths(j)[1]
+            if rows.exists():
+                for line in rows.read_text().splitlines():
+                    d = json.loads(line)
+                    if d["answerable"]:
+                        self.curriculum.record(d["task"], d["correct"])
+
+    def build(self, k: int) -> None:
+        cfg, rl = self.cfg, self.cfg.rl
+        critic = self.critic_for(k)
+        self.replay(k)
+        items = self.prompts(k, rl.prompts)
+        flat = [it for it in items for _ in range(rl.group)]
+        budget = eval_budget(cfg.tasks)
+        gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + k)
+        sols = run_items(
+            self.policy, flat, budget, cfg.tasks.batch, cfg.train.bf16, rl.temperature, gen
+        )
+        with generation_context(cfg.train.bf16):
+            scores = score(
+                critic, [solution_episode(it.question, s) for it, s in zip(flat, sols, strict=True)]
+            )
+        rollouts = [
+            Rollout(
+                it,
+                s,
+                verify(it, s.answer),
+                check(s.steps, s.answer, it.task),
+                j // rl.group,
+                budget,
+                sc.steps,
+            )
+            for j, (it, s, sc) in enumerate(zip(flat, sols, scores, strict=True))
+        ]
+        channels = score_channels(rollouts)
+        groups = torch.tensor([r.group for r in rollouts])
+        adv = advantages(channels, groups, rl.rewards)
+        informative = [g for g in range(len(items)) if adv[groups == g].abs().sum() > 0]
+        keep = [j for j, r in enumerate(rollouts) if r.group in informative] or [0]
+        tokens, actions = rollout_tensors([sols[j] for j in keep], pad=EOS)
+        with torch.no_grad(), generation_context(cfg.train.bf16):
+            old = action_logprobs(self.policy, tokens, actions)
+            ref = (
+                action_logprobs(self.reference, tokens, actions) if self.reference else old.clone()
+            )
+        unans = [r for r in rollouts if not r.answerable]
+        stats = [float(channels[c].mean()) for c in CHANNELS] + [
+            sum(s.thinking_bytes for s in sols) / len(sols),
+            len(informative) / len(items),
+            sum(r.correct for r in unans) / len(unans) if unans else float("nan"),
+        ]
+        tensors = {
+            "tokens": tokens,
+            "actions": actions,
+            "adv": adv[keep] if informative else torch.zeros(1),
+            "old_logp": old.float(),
+            "ref_logp": ref.float(),
+            "stats": torch.tensor(stats),
+        }
+        rows = [
+            {
+                "task": r.item.source,
+                "answerable": r.answerable,
+                "question": r.item.question,
+                "steps": list(r.solution.steps),
+                "answer": r.solution.answer,
+                "correct": r.correct,
+                "step_ok": list(r.verdict.steps),
+                "answer_ok": r.correct and r.verdict.consistent,
+                **{c: float(channels[c][j]) for c in CHANNELS},
+            }
+            for j, r in enumerate(rollouts)
+        ]
+        path, jsonl = self.paths(k)
+        tmp = jsonl.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(jsonl)
+        tmp = path.with_suffix(".tmp")
+        save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp))
+        tmp.replace(path)  # last: its presence marks the batch as complete
+        self.policy.train()
+
+    def batch(self, i: int) -> tuple[Tensor, ...]:
+        k = i // self.cfg.rl.updates
+        path = self.paths(k)[0]
+        if not path.exists():
+            self.build(k)
+        t = load_file(str(path))
+        return t["tokens"], t["actions"], t["adv"], t["old_logp"], t["ref_logp"], t["stats"]
+
+
+class Reflective:
+    name = "reflective"
+    key = "phase3"
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        cfg, run_dir, rl = ctx.cfg, ctx.run_dir, ctx.cfg.rl
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        folder = run_dir / "reflective"
+        if not ctx.resume and folder.exists():
+            shutil.rmtree(folder)  # a fresh run of this phase: no stale rollouts or critics
+        start = run_dir / "phase2_model"
+        if not start.exists():
+            shutil.copytree(find_model_dir(run_dir), start)
+        policy, mcfg = load_model(start)
+        cfg.pse.patcher.threshold = mcfg.pse.patcher.threshold
+        reference = None
+        if rl.kl > 0:
+            reference, _ = load_model(start)
+            reference.requires_grad_(False)
+
+        sets = held_out_sets(cfg.tasks)
+        exclude = {it.question for items in sets.values() for it in items}
+        critics = Critics(cfg, folder / "critic", policy, exclude)
+        data = RolloutBatches(
+            cfg, folder / "rollouts", policy, reference, critics, exclude, ctx.progress
+        )
+        tcfg = dataclasses.replace(
+            cfg.train,
+            steps=rl.steps * rl.updates,
+            lr=rl.lr,
+            warmup=rl.warmup,
+            grad_accum=1,
+            log_every=1,
+            eval_every=rl.steps * rl.updates,
+            ckpt_every=max(1, rl.reflect_every * rl.updates // 2),
+        )
+        trainer = Trainer(
+            "phase3/grpo",
+            policy,
+            tcfg,
+            folder,
+            sample=data.batch,
+            loss_fn=grpo_loss_fn(rl.clip_low, rl.clip_high, rl.kl, STATS),
+            log=ctx.log,
+            progress=ctx.progress,
+        )
+        result = trainer.fit(resume=True)
+        policy.eval().cpu()
+        save_model(policy, cfg, run_dir / "model")
+        critic = critics.get((rl.steps - 1) // rl.reflect_every)
+        save_weights(critic, run_dir / "model" / CRITIC_FILE)  # for `pdclm solve --reflect`
+        return self.evaluate(ctx, policy, critic, sets, result, critics)
+
+    def evaluate(
+        self,
+        ctx: RunContext,
+        policy: PDCLM,
+        critic: Reflector,
+        sets: dict[str, list[Item]],
+        result: dict[str, Any],
+        critics: Critics,
+    ) -> dict[str, Any]:
+        cfg, run_dir = ctx.cfg, ctx.run_dir
+        bf16 = cfg.train.bf16
+        tasks = evaluate_tasks(policy, sets, cfg.tasks, bf16)
+        with generation_context(bf16):
+            critic_quality = reflection_quality(policy, critic, sets, cfg)
+            robust = robustness(policy, critic, sets, cfg)
+            unans = unanswerable_check(policy, sets, cfg)
+        curves = reward_curves(ctx.log.path if ctx.log else None)
+        plots = [
+            plot_task_accuracy(
+                {
+                    "after Phase 2": ctx.results.get("phase2", {}).get("tasks", {}),
+                    "after Phase 3": tasks["tasks"],
+                },
+                run_dir / "phase3_task_accuracy.png",
+            ),
+            plot_reward_channels(curves, run_dir / "phase3_reward_channels.png"),
+        ]
+        return {
+            **tasks,
+            "reflection": critic_quality,
+            "robustness": robust,
+            "unanswerable": unans,
+            "rewards": {c: {"first": v[0], "last": v[-1]} for c, v in curves.items() if v},
+            "critic_trainings": critics.history,
+            "train": {
+                "steps": result["steps"],
+                "seconds": round(result["train_seconds"], 1),
+                "final_loss": result.get("loss"),
+            },
+            "plots": [p.name for p in plots],
+        }
