@@ -67,9 +67,15 @@ def test_unknown_preset_lists_the_known_ones():
         load_preset("nosuch")
 
 
-def test_several_ranks_are_refused_until_distributed_training_exists(monkeypatch, capsys):
+def test_launches_that_do_not_fit_the_parallel_mode_are_refused(monkeypatch, capsys):
     from pdclm.cli import main
 
+    assert main(["run", "--preset", "tiny", "--train.parallel=fsdp"]) == 2
+    assert "torchrun" in capsys.readouterr().err
+    assert main(["run", "--preset", "tiny", "--train.parallel=zero3"]) == 2
+    assert "train.parallel must be one of none, ddp, fsdp" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["run", "--preset", "tiny"]) == 2
-    assert "WORLD_SIZE" in capsys.readouterr().err
+    assert "--train.parallel=ddp" in capsys.readouterr().err
+    assert main(["eval", "--preset", "tiny"]) == 2
+    assert "only run and train run under torchrun" in capsys.readouterr().err

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from pdclm.data.episodes import prompt, split_steps, with_context
 from pdclm.data.generators import GENERATORS, Task
 from pdclm.model.pdclm import PDCLM, sample_next
+from pdclm.train.parallel import spread
 from pdclm.vocab import ANSWER, END_THINK, EOS, NEWLINE
 
 
@@ -104,8 +105,23 @@ def solve(
     """Think within ``budget``, then answer, for every question (``batch`` rows at a time).
 
     The thinking never exceeds the budget: when it runs out, END_THINK and ANSWER are pushed
-    for the model and it must answer.
+    for the model and it must answer. Under several ranks each solves a share of the
+    questions and every rank gets all solutions.
     """
+    return spread(
+        lambda qs: _solve_here(model, qs, budget, temperature, top_k, generator, batch), questions
+    )
+
+
+def _solve_here(
+    model: PDCLM,
+    questions: Sequence[str],
+    budget: Budget,
+    temperature: float,
+    top_k: int,
+    generator: torch.Generator | None,
+    batch: int,
+) -> list[Solution]:
     out: list[Solution] = []
     for lo in range(0, len(questions), batch):
         chunk = list(questions[lo : lo + batch])
