@@ -147,7 +147,8 @@ class TrainConfig:
     """Recompute each transformer block's activations in backward (less memory, ~1/3 more
     compute)."""
     compile: bool = False
-    """``torch.compile`` each transformer block (opt-in: compiling costs time up front)."""
+    """``torch.compile`` the global-attention transformer blocks (latent, entropy model);
+    opt-in: compiling costs time up front."""
 
 
 @dataclass

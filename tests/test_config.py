@@ -8,10 +8,19 @@ from pdclm.cli import parse
 from pdclm.config import ConfigError, from_dict, load_preset
 
 
-@pytest.mark.parametrize("name", ["tiny", "cpu", "gpu"])
+@pytest.mark.parametrize("name", ["tiny", "cpu", "gpu", "gpu-64"])
 def test_presets_load_and_validate(name):
     cfg = load_preset(name)
     assert cfg.preset == name
+
+
+def test_the_64_gpu_preset_splits_every_global_batch_over_64_ranks():
+    from pdclm.train.parallel import Part
+
+    cfg = load_preset("gpu-64")
+    assert cfg.train.parallel == "fsdp"
+    for batch in (cfg.train.batch, cfg.pse.entropy.batch, cfg.cognitive.batch):
+        assert Part(63, 64).rows(batch).stop == batch
 
 
 def test_dotted_overrides_apply_on_top_of_the_preset():

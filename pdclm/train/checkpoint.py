@@ -258,9 +258,9 @@ def load_checkpoint(
             )
             torch.set_rng_state(state["rng_cpu"])
         return meta
-    from pdclm.train.parallel import is_sharded as model_is_sharded
+    from pdclm.train.parallel import is_fsdp
 
-    if model_is_sharded(model):
+    if is_fsdp(model):
         raise CheckpointError(
             f"{path} was written by one process; resume it with train.parallel=none or ddp "
             "(FSDP resumes from checkpoints written under torchrun)"

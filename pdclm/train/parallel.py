@@ -157,13 +157,19 @@ def trainable_blocks(model: nn.Module) -> list[nn.Module]:
     ]
 
 
-def _checkpointed(block: nn.Module) -> None:
-    """Recompute the block's activations in backward instead of keeping them (names and
-    state-dict keys stay as they are)."""
+def _per_block(block: nn.Module, cfg: TrainConfig) -> None:
+    """Compile the block's forward and/or recompute its activations in backward (names and
+    state-dict keys stay as they are). Only global-attention blocks (the latent transformer,
+    the entropy model) compile: inductor corrupts the heap compiling the encoder's windowed
+    blocks (torch 2.13, CPU)."""
     from torch.utils.checkpoint import checkpoint
 
     forward = block.forward
-    block.forward = functools.partial(checkpoint, forward, use_reentrant=False)
+    if cfg.compile and block.attn.window is None:
+        forward = torch.compile(forward)
+    if cfg.activation_checkpointing:
+        forward = functools.partial(checkpoint, forward, use_reentrant=False)
+    block.forward = forward
 
 
 def parallelize(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
@@ -176,15 +182,12 @@ def parallelize(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.
     if cfg.parallel != "none" and not active():
         raise _no_group(cfg)
     blocks = trainable_blocks(model)
-    if cfg.activation_checkpointing:
-        for b in blocks:
-            _checkpointed(b)
-    if cfg.compile:
-        for b in blocks:
-            b.compile()
+    for b in blocks:
+        _per_block(b, cfg)
     if cfg.parallel == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        model.to(device)  # NCCL sends device tensors; fully_shard keeps this rank's shard only
         with torch.no_grad():  # every rank starts from rank 0's weights, as under DDP
             for t in model.state_dict().values():
                 dist.broadcast(t, 0)
@@ -207,7 +210,7 @@ def parallelize(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.
     return model
 
 
-def is_sharded(model: nn.Module) -> bool:
+def is_fsdp(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
@@ -222,9 +225,9 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> Tensor:
     """Clip to ``max_norm``; the global norm as a plain tensor (sharded grads included)."""
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     from torch.distributed.tensor import DTensor
 
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
