@@ -9,14 +9,24 @@
     pdclm selfplay  --ckpt RUN [--episodes FILE]                   verified self-play episodes
     pdclm eval      --ckpt RUN                                     held-out bits per byte
     pdclm bench     pretrain [--preset tiny|cpu] --json FILE       PD-CLM vs byte transformer
+    pdclm export    CKPT [--out DIR]                               checkpoint -> model folder
 
 Every subcommand takes ``--preset NAME|FILE``, ``--out DIR``, ``--json FILE`` (results as JSON)
 and dotted config overrides such as ``--model.latent.layers=6`` or ``--train.steps=200``.
 
-CPU, one process: ``pdclm run --preset cpu`` (same as ``python -m pdclm run --preset cpu``).
-A GPU is used when present (``--train.device=auto``). Training runs as one process today;
-launched by ``torchrun`` with more than one rank it stops with an error rather than letting
-the ranks overwrite one run folder.
+One process (CPU, or the GPU when present): ``pdclm run --preset cpu`` (same as
+``python -m pdclm run --preset cpu``). ``run`` and ``train`` also run unchanged under
+``torchrun``, data-parallel with ``--train.parallel=ddp`` or sharded with ``fsdp`` (FSDP2);
+``train.batch`` is the global batch, rank 0 alone prints and writes the run folder, and
+checkpoints are sharded (``pdclm export`` makes one safetensors model of one):
+
+    torchrun --standalone --nproc_per_node=2 -m pdclm run --preset tiny --train.parallel=fsdp
+    torchrun --standalone --nproc_per_node=8 -m pdclm run --preset gpu --train.parallel=ddp
+    # several machines (same command on each; the run folder on a shared file system):
+    torchrun --nnodes=8 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_id=pdclm \
+        --rdzv_endpoint=HOST0:29500 -m pdclm run --preset gpu-64 --out /shared/runs/r1
+    # SLURM, 64 GPUs (8 nodes x 8): sbatch scripts/slurm_gpu64.sbatch --data.sources CORPUS
+    # resume on any number of ranks: the same command with --resume /shared/runs/r1
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from typing import Annotated, Any, Literal
 import tyro
 
 from pdclm.config import Config, ConfigError, load_preset, resolve, validate
+from pdclm.train import parallel
 
 DEFAULT_PRESET = "cpu"
 
@@ -139,6 +150,15 @@ class EvalCmd(Common):
 
 
 @dataclass
+class ExportCmd(Common):
+    """Turn a training checkpoint (one process's or a sharded one) into a model folder
+    (config.json + one model.safetensors) that ``--ckpt`` and ``load_model`` read."""
+
+    ckpt: tyro.conf.Positional[str] = ""
+    """A checkpoint folder (``RUN/pretrain/ckpt/step_...``) or its ``ckpt`` folder (newest)."""
+
+
+@dataclass
 class BenchCmd(Common):
     """Benchmarks against baselines, measured in one run on this machine."""
 
@@ -157,7 +177,11 @@ COMMANDS: dict[str, type[Common]] = {
     "selfplay": SelfplayCmd,
     "eval": EvalCmd,
     "bench": BenchCmd,
+    "export": ExportCmd,
 }
+
+DISTRIBUTED = ("run", "train")
+"""The commands that run under ``torchrun``: the training entry points."""
 
 
 def parse(argv: list[str]) -> tuple[str, Common]:
@@ -196,7 +220,7 @@ def cmd_run(args: RunCmd, only: list[str] | None = None) -> dict:
     from pdclm.eval.report import print_summary
     from pdclm.pipeline import new_run_dir, run_phases
 
-    run_dir = Path(args.resume) if args.resume else new_run_dir(args.out)
+    run_dir = Path(args.resume) if args.resume else parallel.broadcast(new_run_dir(args.out))
     if args.resume and not run_dir.is_dir():
         raise FileNotFoundError(f"--resume: no such run folder {run_dir}")
     report = run_phases(
@@ -444,6 +468,16 @@ def cmd_eval(args: EvalCmd) -> dict:
     return result
 
 
+def cmd_export(args: ExportCmd) -> dict:
+    from pdclm.model.io import export_checkpoint
+
+    if not args.ckpt:
+        raise ConfigError("give a checkpoint folder")
+    out = export_checkpoint(Path(args.ckpt), Path(args.out) if args.out else None)
+    print(f"model: {out}")
+    return {"model": str(out)}
+
+
 def cmd_bench(args: BenchCmd) -> dict:
     from pdclm.eval.bench import bench_pretrain, bench_rewards
 
@@ -459,11 +493,15 @@ def main(argv: list[str] | None = None) -> int:
     from pdclm.train.loop import NonFiniteLossError
 
     try:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError(
-                "several processes (WORLD_SIZE > 1) are not supported yet; run one process"
-            )
         name, args = parse(sys.argv[1:] if argv is None else argv)
+        if name in DISTRIBUTED:
+            parallel.init(args.config.train)
+        elif parallel.launched_world() > 1:
+            raise ConfigError(
+                f"only {' and '.join(DISTRIBUTED)} run under torchrun; run {name} alone"
+            )
+        if not parallel.is_main():
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (rank 0 alone prints)
         if name == "run":
             result = cmd_run(args)
         elif name == "train":
@@ -483,8 +521,10 @@ def main(argv: list[str] | None = None) -> int:
                 "selfplay": cmd_selfplay,
                 "eval": cmd_eval,
                 "bench": cmd_bench,
+                "export": cmd_export,
             }[name](args)
-        write_json(args.json, result)
+        if parallel.is_main():
+            write_json(args.json, result)
         return 0
     except (ConfigError, DataError, CheckpointError, NonFiniteLossError, FileNotFoundError) as e:
         print(f"pdclm: error: {e}", file=sys.stderr)
@@ -492,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pdclm: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
         return 130
+    finally:
+        parallel.shutdown()
 
 
 if __name__ == "__main__":

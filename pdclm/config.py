@@ -140,6 +140,15 @@ class TrainConfig:
     """``auto`` (CUDA if present, else CPU), ``cpu`` or ``cuda``."""
     threads: int = 0
     """CPU threads for torch (0 = torch's default)."""
+    parallel: str = "none"
+    """``none`` (one process), ``ddp`` or ``fsdp`` (FSDP2); the latter two under ``torchrun``.
+    ``batch`` is the global batch: each of N ranks trains on batch/N of its rows."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer block's activations in backward (less memory, ~1/3 more
+    compute)."""
+    compile: bool = False
+    """``torch.compile`` the global-attention transformer blocks (latent, entropy model);
+    opt-in: compiling costs time up front."""
 
 
 @dataclass
@@ -442,6 +451,10 @@ def validate(cfg: Config) -> None:
     need(t.lr > 0, "train.lr must be > 0")
     need(t.warmup >= 0, "train.warmup must be >= 0")
     need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
+    modes = ("none", "ddp", "fsdp")
+    need(
+        t.parallel in modes, f"train.parallel must be one of {', '.join(modes)}; got '{t.parallel}'"
+    )
     for name in ("eval_every", "ckpt_every", "log_every", "eval_batches", "keep_ckpts"):
         need(getattr(t, name) >= 1, f"train.{name} must be >= 1")
     from pdclm.data.generators import GENERATORS

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pdclm.config import Config, resolve, to_dict
+from pdclm.train import parallel
 from pdclm.train.checkpoint import write_json_atomic
 from pdclm.train.loop import MetricsLog
 
@@ -73,8 +74,11 @@ def run_phases(
                 f"{run_dir} was started with a different model config; resume it with the same "
                 "--preset and overrides (see its config.json)"
             )
-    write_json_atomic(config_path, to_dict(cfg))
-    ctx = RunContext(cfg, run_dir, resume=resume, progress=progress, log=MetricsLog(run_dir))
+    main = parallel.is_main()  # under torchrun, rank 0 alone writes the run's files and logs
+    if main:
+        write_json_atomic(config_path, to_dict(cfg))
+    log = MetricsLog(run_dir) if main else None
+    ctx = RunContext(cfg, run_dir, resume=resume, progress=progress and main, log=log)
     registry = phase_registry()
     done_dir = run_dir / "phases"
     done_dir.mkdir(exist_ok=True)
@@ -90,7 +94,11 @@ def run_phases(
             result = phase.run(ctx)
             result["seconds"] = round(time.time() - t0, 1)
             ctx.results[phase.key] = result
-            write_json_atomic(marker, result)
+            if main:
+                write_json_atomic(marker, result)
+            parallel.barrier()
     finally:
-        ctx.log.close()
-    return write_report(run_dir, cfg, ctx.results, seconds=time.time() - started)
+        if log:
+            log.close()
+    report = write_report(run_dir, cfg, ctx.results, time.time() - started) if main else None
+    return parallel.broadcast(report)

@@ -8,10 +8,19 @@ from pdclm.cli import parse
 from pdclm.config import ConfigError, from_dict, load_preset
 
 
-@pytest.mark.parametrize("name", ["tiny", "cpu", "gpu"])
+@pytest.mark.parametrize("name", ["tiny", "cpu", "gpu", "gpu-64"])
 def test_presets_load_and_validate(name):
     cfg = load_preset(name)
     assert cfg.preset == name
+
+
+def test_the_64_gpu_preset_splits_every_global_batch_over_64_ranks():
+    from pdclm.train.parallel import Part
+
+    cfg = load_preset("gpu-64")
+    assert cfg.train.parallel == "fsdp"
+    for batch in (cfg.train.batch, cfg.pse.entropy.batch, cfg.cognitive.batch):
+        assert Part(63, 64).rows(batch).stop == batch
 
 
 def test_dotted_overrides_apply_on_top_of_the_preset():
@@ -67,9 +76,15 @@ def test_unknown_preset_lists_the_known_ones():
         load_preset("nosuch")
 
 
-def test_several_ranks_are_refused_until_distributed_training_exists(monkeypatch, capsys):
+def test_launches_that_do_not_fit_the_parallel_mode_are_refused(monkeypatch, capsys):
     from pdclm.cli import main
 
+    assert main(["run", "--preset", "tiny", "--train.parallel=fsdp"]) == 2
+    assert "torchrun" in capsys.readouterr().err
+    assert main(["run", "--preset", "tiny", "--train.parallel=zero3"]) == 2
+    assert "train.parallel must be one of none, ddp, fsdp" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["run", "--preset", "tiny"]) == 2
-    assert "WORLD_SIZE" in capsys.readouterr().err
+    assert "--train.parallel=ddp" in capsys.readouterr().err
+    assert main(["eval", "--preset", "tiny"]) == 2
+    assert "only run and train run under torchrun" in capsys.readouterr().err

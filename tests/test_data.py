@@ -338,11 +338,9 @@ def test_batch_sampler(prepared, monkeypatch):
 
 def test_stale_profile_is_recomputed(prepared):
     write_profiles(prepared, "p", lambda s: np.zeros(len(s)), progress=False)
-    meta_path = prepared / "profile-p" / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    stale, kept = sorted(meta)[:2]
-    meta[stale] = "0" * 64  # as if the shard had been rebuilt with other content
-    meta_path.write_text(json.dumps(meta))
+    stale, kept = sorted(p.name for p in prepared.glob("*.bin"))[:2]
+    record = prepared / "profile-p" / stale.replace(".bin", ".sha256")
+    record.write_text("0" * 64)  # as if the shard had been rebuilt with other content
     split = stale.split("_")[0]
     assert ShardSet.open(prepared, split).profile("p") is None
     write_profiles(prepared, "p", lambda s: np.ones(len(s)), progress=False)

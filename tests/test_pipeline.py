@@ -253,10 +253,10 @@ def test_a_run_killed_in_any_phase_resumes_to_the_same_weights(tmp_path, corpus,
 
     real_batch = BatchSampler.batch
 
-    def dies_at_step_20(self, step):
+    def dies_at_step_20(self, step, rows=slice(None)):
         if self.seq_len == 128 and step == 20:  # the LM's sampler (the entropy model's is 64)
             raise KeyboardInterrupt
-        return real_batch(self, step)
+        return real_batch(self, step, rows)
 
     monkeypatch.setattr(BatchSampler, "batch", dies_at_step_20)
     assert main(["run", *args, "--out", str(tmp_path / "killed")]) == 130
@@ -265,10 +265,10 @@ def test_a_run_killed_in_any_phase_resumes_to_the_same_weights(tmp_path, corpus,
 
     real_round_batch = RoundData.batch
 
-    def dies_in_phase2_round_1(self, i):  # after round 1's data is written, mid-training
-        if i == 9:
+    def dies_in_phase2_round_1(self, i, keep=slice(None)):  # after round 1's data is written
+        if i == 9:  # mid-training
             raise KeyboardInterrupt
-        return real_round_batch(self, i)
+        return real_round_batch(self, i, keep)
 
     monkeypatch.setattr(RoundData, "batch", dies_in_phase2_round_1)
     assert main(["run", *args, "--resume", str(tmp_path / "killed")]) == 130
@@ -278,8 +278,8 @@ def test_a_run_killed_in_any_phase_resumes_to_the_same_weights(tmp_path, corpus,
 
     real_rollouts = RolloutBatches.batch
 
-    def dies_in_phase3(self, i):  # rollouts of update 3 on disk, its step not taken
-        out = real_rollouts(self, i)
+    def dies_in_phase3(self, i, rows):  # rollouts of update 3 on disk, its step not taken
+        out = real_rollouts(self, i, rows)
         if i == 3:
             raise KeyboardInterrupt
         return out

@@ -15,13 +15,12 @@ from pdclm.train.objectives import lm_loss
 from tests.test_model import small_model
 
 
-def sampler(i: int) -> tuple[torch.Tensor]:
+def sampler(i: int, rows: slice = slice(None), batch: int = 2) -> tuple[torch.Tensor]:
     """Batches that depend only on their index, with learnable structure (a repeated motif)."""
     g = torch.Generator().manual_seed(i)
     motif = torch.tensor([66, 67, 68, 69, 32, 70, 10])
-    start = torch.randint(0, 7, (2,), generator=g)
-    rows = [motif.roll(-int(s)).repeat(10)[:48] for s in start]
-    return (torch.stack(rows),)
+    start = torch.randint(0, 7, (batch,), generator=g)
+    return (torch.stack([motif.roll(-int(s)).repeat(10)[:48] for s in start])[rows],)
 
 
 def cfg(**kw) -> TrainConfig:
@@ -79,10 +78,10 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     straight = fresh_model()
     trainer(tmp_path / "a", straight, cfg()).fit()
 
-    def killed_at_7(i: int):
+    def killed_at_7(i: int, rows: slice):
         if i == 7:
             raise KeyboardInterrupt  # the process dies while training step 7
-        return sampler(i)
+        return sampler(i, rows)
 
     first = fresh_model()
     t = trainer(tmp_path / "b", first, cfg())
@@ -103,7 +102,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
     def poisoned(m, batch):
         loss, metrics = lm_loss(m, batch)
         calls["n"] += 1
-        return (loss * float("nan") if calls["n"] > 5 else loss), metrics
+        # call 1 counts the first batch's FLOPs; calls 2-6 train steps 0-4
+        return (loss * float("nan") if calls["n"] > 6 else loss), metrics
 
     c = cfg(ckpt_every=4)
     t = Trainer("t", model, c, tmp_path, sampler, poisoned, progress=False)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from pdclm.data.episodes import prompt, split_steps, with_context
 from pdclm.data.generators import GENERATORS, Task
 from pdclm.model.pdclm import PDCLM, sample_next
+from pdclm.train.parallel import spread
 from pdclm.vocab import ANSWER, END_THINK, EOS, NEWLINE
 
 
@@ -127,13 +128,30 @@ def solve(
     The thinking never exceeds the budget: when it runs out, END_THINK and ANSWER are pushed
     for the model and it must answer. ``prefixes`` (one per question) are thinking already
     written: the model continues after it (how a revision resumes before a flagged step).
+    Under several ranks each solves a share of the questions and every rank gets all solutions.
     """
+    heads = list(prefixes) if prefixes is not None else [""] * len(questions)
+    return spread(
+        lambda part: _solve_here(model, part, budget, temperature, top_k, generator, batch),
+        list(zip(questions, heads, strict=True)),
+    )
+
+
+def _solve_here(
+    model: PDCLM,
+    pairs: Sequence[tuple[str, str]],
+    budget: Budget,
+    temperature: float,
+    top_k: int,
+    generator: torch.Generator | None,
+    batch: int,
+) -> list[Solution]:
+    """Solve (question, thinking prefix) pairs in this process."""
     out: list[Solution] = []
-    prefixes = list(prefixes) if prefixes is not None else [""] * len(questions)
-    for lo in range(0, len(questions), batch):
-        chunk = list(questions[lo : lo + batch])
+    for lo in range(0, len(pairs), batch):
+        chunk = [q for q, _ in pairs[lo : lo + batch]]
         rows = []
-        for q, pre in zip(chunk, prefixes[lo : lo + batch], strict=True):
+        for q, pre in pairs[lo : lo + batch]:
             head = pre.encode()
             row = _Row(deque([*prompt(q), *head]))
             for byte in head:

@@ -308,9 +308,9 @@ def train_reflector(
     )
     pool = list(examples)
 
-    def sample(i: int) -> tuple[Tensor, ...]:
+    def sample(i: int, rows: slice) -> tuple[Tensor, ...]:
         rng = random.Random(f"{seed}:{i}")
-        return encode(rng.sample(pool, min(cfg.batch, len(pool))))
+        return tuple(t[rows] for t in encode(rng.sample(pool, min(cfg.batch, len(pool)))))
 
     trainer = Trainer(
         "reflector",

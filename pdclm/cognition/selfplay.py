@@ -27,6 +27,7 @@ from pdclm.data.episodes import Episode, with_context
 from pdclm.data.generators import GENERATORS, Task
 from pdclm.data.tasks import Item, make_source
 from pdclm.model.pdclm import PDCLM, complete
+from pdclm.train.parallel import spread
 from pdclm.vocab import BOS, VOCAB_SIZE
 
 CONTROL = frozenset(range(256, VOCAB_SIZE))
@@ -92,7 +93,10 @@ def propose_and_solve(
     openers = [opener(names[i % len(names)]) for i in range(n)]
     kinds = [names[i % len(names)] for i in range(n)]
     prompts = [[BOS, *o.encode()] for o in openers]
-    texts = complete(model, prompts, MAX_QUESTION_BYTES, CONTROL, temperature, 0, generator)
+    texts = spread(  # ranks propose a share each; all see every proposal
+        lambda ps: complete(model, ps, MAX_QUESTION_BYTES, CONTROL, temperature, 0, generator),
+        prompts,
+    )
     tasks: list[Task] = []
     seen: set[str] = set()
     rejected = {"unparseable": 0, "held_out": 0, "duplicate": 0}

@@ -1,5 +1,9 @@
 """Reading prepared shards, per-shard entropy profiles stored beside them, and batch sampling.
 
+A profile ``profile-<tag>/<shard>.f16`` has a record ``<shard>.sha256`` naming the shard
+content it was computed from (a stale one is recomputed); each is its own file, so several
+processes can fill one profile folder at once, each its own share of shards.
+
 Shards are memory-mapped, so a corpus larger than RAM costs nothing to open. A batch is a pure
 function of ``(seed, step)``: resuming training at step ``k`` sees exactly the batches an
 uninterrupted run would have seen, with no sampler state to checkpoint.
@@ -7,7 +11,6 @@ uninterrupted run would have seen, with no sampler state to checkpoint.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +21,6 @@ from tqdm import tqdm
 
 from pdclm.data.ingest import SPLITS, DataError, atomic_write, read_manifest
 
-PROFILE_META = "meta.json"
 Batch = tuple[np.ndarray, np.ndarray | None]
 
 
@@ -39,22 +41,19 @@ def profile_dir(data_dir: str | Path, tag: str) -> Path:
     return Path(data_dir) / f"profile-{tag}"
 
 
-def _profile_path(folder: Path, shard_name: str) -> Path:
-    return folder / (Path(shard_name).stem + ".f16")
+def _profile_path(folder: Path, shard_name: str, suffix: str = ".f16") -> Path:
+    """The profile of a shard, or with ``suffix=".sha256"`` its record."""
+    return folder / (Path(shard_name).stem + suffix)
 
 
-def _profile_meta(folder: Path) -> dict[str, str]:
-    """Shard name -> sha256 of the shard each profile was computed from (catches stale ones)."""
-    try:
-        return json.loads((folder / PROFILE_META).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _profile_valid(folder: Path, meta: dict[str, str], shard: dict[str, Any]) -> bool:
-    path = _profile_path(folder, shard["name"])
+def _profile_valid(folder: Path, shard: dict[str, Any]) -> bool:
+    path, record = (
+        _profile_path(folder, shard["name"]),
+        _profile_path(folder, shard["name"], ".sha256"),
+    )
     return (
-        meta.get(shard["name"]) == shard["sha256"]
+        record.is_file()
+        and record.read_text() == shard["sha256"]
         and path.is_file()
         and path.stat().st_size == 2 * shard["n_symbols"]
     )
@@ -97,8 +96,7 @@ class ShardSet:
     def profile(self, tag: str) -> list[np.memmap] | None:
         """Per-symbol float16 entropy profiles of every shard, or None unless all are present."""
         folder = profile_dir(self.data_dir, tag)
-        meta = _profile_meta(folder)
-        if not all(_profile_valid(folder, meta, s) for s in self.entries):
+        if not all(_profile_valid(folder, s) for s in self.entries):
             return None
         return [
             np.memmap(_profile_path(folder, s["name"]), dtype=np.float16, mode="r")
@@ -112,21 +110,21 @@ def write_profiles(
     compute: Callable[[np.ndarray], np.ndarray],
     *,
     progress: bool = True,
+    share: tuple[int, int] = (0, 1),
 ) -> None:
     """Store ``compute(symbols)`` (one value per symbol) as float16 beside every shard.
 
     Profiles are written one shard at a time, atomically; valid ones are skipped, so an
-    interrupted run resumes and a finished one is a no-op.
+    interrupted run resumes and a finished one is a no-op. With ``share=(k, n)`` this process
+    computes only every n-th missing profile from the k-th (n ranks split the work).
     """
     data_dir = Path(data_dir)
     manifest = _complete_manifest(data_dir)
     folder = profile_dir(data_dir, tag)
     folder.mkdir(exist_ok=True)
-    for tmp in folder.glob("*.tmp"):
-        tmp.unlink()
-    meta = _profile_meta(folder)
     shards = manifest["shards"]
-    todo = [s for s in shards if not _profile_valid(folder, meta, s)]
+    k, n = share
+    todo = [s for s in shards if not _profile_valid(folder, s)][k::n]
     total = sum(s["n_symbols"] for s in shards)
     with tqdm(
         total=total,
@@ -145,8 +143,7 @@ def write_profiles(
                     f"{s['name']} of shape {symbols.shape}"
                 )
             atomic_write(_profile_path(folder, s["name"]), values.astype(np.float16).tobytes())
-            meta[s["name"]] = s["sha256"]
-            atomic_write(folder / PROFILE_META, json.dumps(meta, indent=1).encode())
+            atomic_write(_profile_path(folder, s["name"], ".sha256"), s["sha256"].encode())
             bar.update(s["n_symbols"])
 
 
@@ -192,14 +189,15 @@ class BatchSampler:
             ent = ent.astype(np.float32)
         return x.astype(np.int64), ent
 
-    def batch(self, step: int) -> Batch:
-        """The batch of training step ``step``: depends only on ``(seed, step)``."""
+    def batch(self, step: int, rows: slice = slice(None)) -> Batch:
+        """Rows ``rows`` of the batch of training step ``step``; the batch depends only on
+        ``(seed, step)``, and only the asked rows are read (each rank reads its own)."""
         if step < 0:
             raise ValueError(f"step must be >= 0; got {step}")
         rng = np.random.default_rng([self.seed, step])
         which = rng.choice(len(self.shards), size=self.batch_size, p=self.p)
         starts = rng.integers(0, self.n_starts[which])
-        return self._windows(which, starts)
+        return self._windows(which[rows], starts[rows])
 
     def fixed_batches(self, n: int) -> list[Batch]:
         """``n`` batches at evenly spaced offsets across all shards; the same on every call."""

@@ -7,10 +7,11 @@ every reward channel against correctness alone (:func:`bench_rewards`).
 
 Both models train on the same shards for the same wall-clock budget, each in its own spawned
 process (so peak resident memory is each model's own), through the shared training loop.
-Reported per model: held-out bits per byte, training bytes/s, peak RSS, model FLOP/s measured
-with PyTorch's FLOP counter, and that as a fraction of the matmul FLOP/s measured here in the
-same run. The byte transformer has PD-CLM's latent width and the depth that matches PD-CLM's
-non-embedding parameter count (embedding tables are lookups, not compute).
+Reported per model: held-out bits per byte, training bytes/s, peak RSS, model FLOP/s counted
+with PyTorch's FLOP counter (:mod:`pdclm.train.flops`), and that as a fraction of the matmul
+FLOP/s measured here in the same run. The byte transformer has PD-CLM's latent width and the
+depth that matches PD-CLM's non-embedding parameter count (embedding tables are lookups, not
+compute).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from pdclm.config import Config
+from pdclm.train.flops import matmul_flops
 
 
 def non_embedding_params(model: nn.Module) -> int:
@@ -34,36 +36,6 @@ def non_embedding_params(model: nn.Module) -> int:
         p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()
     )
     return sum(p.numel() for p in model.parameters() if p.requires_grad) - emb
-
-
-def matmul_flops(bf16: bool, device: torch.device, seconds: float = 1.5) -> float:
-    """Sustained FLOP/s of a square matmul at this precision on this device."""
-    n = 8192 if device.type == "cuda" else 1024
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    a @ b
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-        sync()
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
-
-
-def step_flops(model: nn.Module, batch: tuple[torch.Tensor, ...], loss_fn, bf16: bool) -> float:
-    """FLOPs of one forward + backward on ``batch``, counted by PyTorch."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    device = next(model.parameters()).device
-    with counter, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        loss, _ = loss_fn(model, batch)
-        loss.backward()
-    model.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
 
 
 def _train_one(kind: str, cfg: Config, tag: str, seconds: float, out_dir: str, queue) -> None:
@@ -101,9 +73,6 @@ def _train_one(kind: str, cfg: Config, tag: str, seconds: float, out_dir: str, q
     ]
     device = resolve_device(cfg.train.device)
     model.to(device)
-    flops = step_flops(
-        model, tuple(t.to(device) for t in as_batch(*sampler.batch(0))), lm_loss, cfg.train.bf16
-    )
 
     # size the cosine schedule to the budget from a short timing of a few steps
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -112,7 +81,7 @@ def _train_one(kind: str, cfg: Config, tag: str, seconds: float, out_dir: str, q
         model,
         dataclasses.replace(cfg.train, steps=6, warmup=0),
         Path(out_dir) / kind,
-        lambda i: as_batch(*sampler.batch(i)),
+        lambda i, rows: as_batch(*sampler.batch(i, rows)),
         lm_loss,
         checkpoints=False,
         progress=False,
@@ -132,7 +101,7 @@ def _train_one(kind: str, cfg: Config, tag: str, seconds: float, out_dir: str, q
         model,
         tcfg,
         Path(out_dir) / kind,
-        lambda i: as_batch(*sampler.batch(i)),
+        lambda i, rows: as_batch(*sampler.batch(i, rows)),
         lm_loss,
         evaluate=mean_bpb(val_batches, device),
         max_seconds=seconds,
@@ -142,6 +111,7 @@ def _train_one(kind: str, cfg: Config, tag: str, seconds: float, out_dir: str, q
     t_start = time.perf_counter()
     result = trainer.fit(resume=False)
     wall = time.perf_counter() - t_start
+    flops = trainer.flops_per_step  # counted by the loop on the first batch
     symbols_per_step = cfg.train.batch * cfg.train.grad_accum * (cfg.train.seq_len + 1)
     queue.put(
         {

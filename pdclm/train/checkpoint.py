@@ -1,11 +1,14 @@
-"""Atomic, verifiable checkpoints: safetensors weights + a separate training state.
+"""Atomic, verifiable checkpoints: one process writes safetensors, many write DCP shards.
 
-A checkpoint is a folder ``step_XXXXXXX/`` holding ``model.safetensors`` (weights, loaded
-without pickle), ``train_state.pt`` (optimizer and RNG tensors, loaded with
-``weights_only=True``) and ``meta.json`` (step, extra state, SHA-256 of both files). It is
-written under a temporary name and renamed into place, so a run killed mid-save leaves the
-previous checkpoint as the latest one; a truncated or altered file fails its checksum with a
-clear :class:`CheckpointError` instead of loading garbage.
+A checkpoint is a folder ``step_XXXXXXX/`` with a ``meta.json`` (step, extra state). Written
+by one process it holds ``model.safetensors`` (weights, loaded without pickle) and
+``train_state.pt`` (optimizer and RNG tensors, loaded with ``weights_only=True``), and the
+meta carries the SHA-256 of both: a truncated or altered file fails with a clear
+:class:`CheckpointError` instead of loading garbage. Written by several ranks (DDP, FSDP) it
+is a ``torch.distributed.checkpoint`` folder: each rank writes its own shards, and the
+checkpoint loads on any number of ranks, or in one process (:func:`load_checkpoint`,
+:func:`read_weights`). Either way it is written under a temporary name and renamed into place
+only when complete, so a run killed mid-save leaves the previous checkpoint as the latest.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +58,15 @@ def load_weights(model: nn.Module, path: Path) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"cannot read weights {path}: {e}") from e
+    load_state(model, state, path)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load all of ``state`` into ``model``; a mismatch names the first differing keys."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
-            f"weights {path} do not match the model (missing: {missing[:5]}, "
+            f"weights {source} do not match the model (missing: {missing[:5]}, "
             f"unexpected: {unexpected[:5]}); was it saved with another config?"
         )
 
@@ -71,11 +80,7 @@ def save_checkpoint(
     keep: int = 2,
 ) -> Path:
     """Write ``ckpt_dir/step_{step}`` atomically and keep only the newest ``keep``."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / f"{PREFIX}{step:07d}"
-    tmp = ckpt_dir / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    final, tmp = _fresh_tmp(ckpt_dir, step)
     save_weights(model, tmp / "model.safetensors")
     state = {"rng_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -90,14 +95,115 @@ def save_checkpoint(
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(ckpt_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _fsync(f)
+    _publish(tmp, final, keep)
     return final
+
+
+def _names(ckpt_dir: Path, step: int) -> tuple[Path, Path]:
+    """The folder of step ``step`` and the temporary name it is written under."""
+    final = ckpt_dir / f"{PREFIX}{step:07d}"
+    return final, ckpt_dir / f".{final.name}.tmp"
+
+
+def _fresh_tmp(ckpt_dir: Path, step: int) -> tuple[Path, Path]:
+    """:func:`_names`, with an empty temporary folder (left-overs of a killed save go)."""
+    final, tmp = _names(ckpt_dir, step)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return final, tmp
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _publish(tmp: Path, final: Path, keep: int) -> None:
+    """Rename the complete ``tmp`` to ``final`` (an older save of the same step is moved
+    aside first, then removed) and keep only the newest ``keep`` checkpoints."""
+    aside = final.with_name(f".{final.name}.old")
+    shutil.rmtree(aside, ignore_errors=True)
+    if final.exists():
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    shutil.rmtree(aside, ignore_errors=True)
+    for old in list_checkpoints(final.parent)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ sharded (several ranks)
+
+
+def is_sharded(path: Path) -> bool:
+    """Written by several ranks with ``torch.distributed.checkpoint`` (its index file)."""
+    return (path / ".metadata").is_file()
+
+
+def _dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Model (and optimizer) state keyed by parameter name, whatever wraps or shards the
+    model: the layout that loads on any number of ranks."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer is None:
+        return {"model": get_model_state_dict(model)}
+    msd, osd = get_state_dict(model, optimizer)
+    return {"model": msd, "optim": osd, "rng_cpu": torch.get_rng_state()}
+
+
+def save_sharded(
+    ckpt_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Collective: every rank writes its shards of ``ckpt_dir/step_{step}`` (each file synced
+    to disk); when all have finished, rank 0 adds ``meta.json`` and renames it into place."""
+    import torch.distributed.checkpoint as dcp
+
+    from pdclm.train.parallel import barrier, is_main, part
+
+    final, tmp = _names(ckpt_dir, step)
+    if is_main():
+        _fresh_tmp(ckpt_dir, step)
+    barrier()
+    dcp.save(_dcp_state(model, optimizer), checkpoint_id=tmp)  # returns when all are written
+    if is_main():
+        meta = {"step": step, "extra": extra or {}, "format": "dcp", "ranks": part().world}
+        write_json_atomic(tmp / "meta.json", meta)
+        _fsync(tmp / "meta.json")
+        _publish(tmp, final, keep)
+    barrier()
+    return final
+
+
+def _dcp_load(state: dict[str, Any], path: Path) -> None:
+    """Fill ``state`` from a sharded checkpoint (a collective under several ranks)."""
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():  # one process reading a sharded checkpoint is intended
+        warnings.filterwarnings("ignore", "torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=path)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The full weights of a checkpoint of either kind, in this process, without a model."""
+    read_meta(path)
+    if not is_sharded(path):
+        return load_file(str(path / "model.safetensors"))
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    index = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    state = {
+        k: torch.empty(m.size, dtype=m.properties.dtype)
+        for k, m in index.items()
+        if k.startswith("model.") and isinstance(m, TensorStorageMetadata)
+    }
+    _dcp_load(state, path)
+    return {k.removeprefix("model."): v for k, v in state.items()}
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -119,7 +225,7 @@ def read_meta(path: Path, verify: bool = True) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} has no readable meta.json: {e}") from e
     if verify:
-        for name, digest in meta["sha256"].items():
+        for name, digest in meta.get("sha256", {}).items():
             f = path / name
             if not f.exists():
                 raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
@@ -134,8 +240,31 @@ def read_meta(path: Path, verify: bool = True) -> dict[str, Any]:
 def load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
 ) -> dict[str, Any]:
-    """Verify, then load weights (and optimizer + RNG state if given). Returns meta.json."""
+    """Verify, then load weights (and optimizer + RNG state if given). Returns meta.json.
+
+    A sharded checkpoint loads into a model sharded or wrapped any way, on any number of
+    ranks (a collective then), or into a plain model in one process."""
     meta = read_meta(path)
+    if is_sharded(path):
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = _dcp_state(model, optimizer)
+        _dcp_load(state, path)
+        if optimizer is None:
+            load_state(model, state["model"], path)
+        else:
+            set_state_dict(
+                model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+            )
+            torch.set_rng_state(state["rng_cpu"])
+        return meta
+    from pdclm.train.parallel import is_fsdp
+
+    if is_fsdp(model):
+        raise CheckpointError(
+            f"{path} was written by one process; resume it with train.parallel=none or ddp "
+            "(FSDP resumes from checkpoints written under torchrun)"
+        )
     load_weights(model, path / "model.safetensors")
     if optimizer is not None:
         state = torch.load(path / "train_state.pt", weights_only=True)

@@ -51,6 +51,7 @@ from pdclm.eval.tasks import (
 from pdclm.model.io import find_model_dir, load_model, save_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.pipeline import RunContext
+from pdclm.train import parallel
 from pdclm.train.checkpoint import write_json_atomic
 from pdclm.train.loop import Trainer, resolve_device
 from pdclm.train.objectives import mean_bpb, weighted_lm_loss
@@ -164,8 +165,10 @@ class RoundData:
             "dialogue": dialogue_stats,
         }
         jsonl, meta_path = self.paths(r)
-        write_jsonl_atomic(jsonl, [v.to_json() for v in episodes])
-        write_json_atomic(meta_path, meta)  # last: its presence marks the round as complete
+        if parallel.is_main():  # every rank holds the same episodes (generation is gathered)
+            write_jsonl_atomic(jsonl, [v.to_json() for v in episodes])
+            write_json_atomic(meta_path, meta)  # last: its presence marks the round as complete
+        parallel.barrier()
         if progress:
             solved = ", ".join(f"{n} {p:.2f}" for n, p in probe.items() if p)
             tqdm.write(
@@ -226,8 +229,9 @@ class RoundData:
             }
         return self._pools[r]
 
-    def batch(self, i: int) -> tuple[Tensor, Tensor]:
-        """Micro-batch ``i``: packed episode rows of step i's round, then raw-text rows."""
+    def batch(self, i: int, keep: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """Rows ``keep`` of micro-batch ``i``: packed episode rows of step i's round, then
+        raw-text rows (every rank packs the whole batch, which is cheap, and keeps its rows)."""
         cfg, cg = self.cfg, self.cfg.cognitive
         step = i // cfg.train.grad_accum
         r = next(k for k, end in enumerate(self.bounds) if step < end)
@@ -242,7 +246,7 @@ class RoundData:
             text = torch.from_numpy(self.text.batch(i)[0]).long()
             t = torch.cat([t, text])
             w = torch.cat([w, (text[:, 1:] < 256).float()])
-        return t, w
+        return t[keep], w[keep]
 
 
 class Cognitive:
@@ -255,11 +259,13 @@ class Cognitive:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         folder = run_dir / "cognitive"
-        if not ctx.resume and folder.exists():
-            shutil.rmtree(folder)  # a fresh run of this phase: no stale rounds or checkpoints
         start = run_dir / "phase1_model"
-        if not start.exists():  # a run folder from before Phase 1 kept its own copy
-            shutil.copytree(find_model_dir(run_dir), start)
+        if parallel.is_main():
+            if not ctx.resume and folder.exists():
+                shutil.rmtree(folder)  # a fresh run of this phase: no stale rounds or checkpoints
+            if not start.exists():  # a run folder from before Phase 1 kept its own copy
+                shutil.copytree(find_model_dir(run_dir), start)
+        parallel.barrier()
         model, mcfg = load_model(start)
         cfg.pse.patcher.threshold = mcfg.pse.patcher.threshold
 
@@ -304,7 +310,8 @@ class Cognitive:
             result = trainer.fit(resume=True)
         result["train_seconds"] = seconds
         model.eval().cpu()
-        save_model(model, cfg, run_dir / "model")
+        if parallel.is_main():
+            save_model(model, cfg, run_dir / "model")
         return self.evaluate(ctx, model, sets, result, rounds)
 
     def evaluate(
@@ -324,13 +331,17 @@ class Cognitive:
             sources = source_separation(model, sets)
         history = result.pop("history")
         before = ctx.results.get("phase1", {}).get("tasks", {})
-        plots = [
-            plot_task_accuracy(
-                {"after Phase 1": before, "after Phase 2": tasks["tasks"]},
-                run_dir / "phase2_task_accuracy.png",
-            ),
-            plot_budget_sweep(sweep, run_dir / "phase2_accuracy_vs_budget.png"),
-        ]
+        plots = (
+            [
+                plot_task_accuracy(
+                    {"after Phase 1": before, "after Phase 2": tasks["tasks"]},
+                    run_dir / "phase2_task_accuracy.png",
+                ),
+                plot_budget_sweep(sweep, run_dir / "phase2_accuracy_vs_budget.png"),
+            ]
+            if parallel.is_main()
+            else []
+        )
         return {
             **tasks,
             "budget_sweep": sweep,

@@ -1,14 +1,20 @@
 """The one training loop every phase shares.
 
-A phase supplies a model, a ``sample(index)`` function that returns the batch with that
-index (batches depend only on their index, which is what makes resume exact) and a
-``loss_fn(model, batch) -> (loss, metrics)``. The loop owns the rest: AdamW, warmup + cosine
-schedule, bf16 autocast, gradient accumulation and clipping, periodic validation, atomic
-checkpoints, exact resume, a guard against non-finite losses, metrics and a progress bar.
+A phase supplies a model, a ``sample(index, rows)`` function that returns rows ``rows`` of
+the global micro-batch with that index (batches depend only on their index, which is what
+makes resume exact, on any number of ranks) and a ``loss_fn(model, batch) -> (loss,
+metrics)``. The loop owns the rest: AdamW, warmup + cosine schedule, bf16 autocast, gradient
+accumulation and clipping, periodic validation, atomic checkpoints, exact resume, a guard
+against non-finite losses, metrics (with model FLOP utilisation on CUDA) and a progress bar.
+
+Under ``torchrun`` (``train.parallel=ddp|fsdp``, :mod:`pdclm.train.parallel`) each rank
+trains on its share of every global batch, checkpoints are sharded, and rank 0 alone logs.
+The caller's model always ends up holding the trained weights, whole, on every rank.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -22,7 +28,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pdclm.config import TrainConfig
-from pdclm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from pdclm.train import parallel
+from pdclm.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_sharded,
+)
+from pdclm.train.flops import model_flops, peak_flops
 
 Batch = tuple[Tensor, ...]
 
@@ -90,7 +103,7 @@ class Trainer:
     model: nn.Module
     cfg: TrainConfig
     out_dir: Path
-    sample: Callable[[int], Batch]
+    sample: Callable[[int, slice], Batch]
     loss_fn: Callable[[nn.Module, Batch], tuple[Tensor, dict[str, float]]]
     log: MetricsLog | None = None
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
@@ -102,23 +115,46 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.cfg.device)
+        self.part = parallel.part()
+        self.rows = self.part.rows(self.cfg.batch)
+        if self.part.rank != 0:
+            self.log, self.progress = None, False
+        # under FSDP the shards train and the caller's model receives the whole weights back;
+        # it stays on the device, where the phases generate with it between rounds
+        self.net = copy.deepcopy(self.model) if self.cfg.parallel == "fsdp" else self.model
         self.model.to(self.device)
-        self.optimizer = make_optimizer(self.model, self.cfg)
+        self.step_model = parallel.parallelize(self.net, self.cfg, self.device)
+        self.optimizer = make_optimizer(self.net, self.cfg)
         self.ckpt_dir = self.out_dir / "ckpt"
+        self.flops_per_step: float | None = None
+        self.peak = peak_flops(self.device)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
     def _to_device(self, batch: Batch) -> Batch:
-        return tuple(t.to(self.device, non_blocking=True) if t is not None else None for t in batch)
+        cuda = self.device.type == "cuda"  # pinned host memory copies asynchronously
+        return tuple(
+            (t.pin_memory() if cuda else t).to(self.device, non_blocking=True)
+            if t is not None
+            else None
+            for t in batch
+        )
+
+    def return_weights(self) -> None:
+        """Hand the trained weights back to the caller's model (FSDP trains a sharded copy)."""
+        if self.net is not self.model:
+            self.model.load_state_dict(parallel.full_state_dict(self.net))
 
     def run_eval(self, step: int) -> dict[str, float]:
+        """Every rank evaluates the same held-out batches (a sharded model's forward is a
+        collective), so every rank's history is the same."""
         if self.evaluate is None:
             return {}
-        self.model.eval()
+        self.net.eval()
         with torch.no_grad(), self._autocast():
-            metrics = {f"val_{k}": v for k, v in self.evaluate(self.model).items()}
-        self.model.train()
+            metrics = {f"val_{k}": v for k, v in self.evaluate(self.net).items()}
+        self.net.train()
         if self.log:
             self.log.write(self.name, step, metrics)
         self.history.append({"step": step, **metrics})
@@ -129,15 +165,16 @@ class Trainer:
         last = latest_checkpoint(self.ckpt_dir)
         if last is None:
             return 0
-        meta = load_checkpoint(last, self.model, self.optimizer)
+        meta = load_checkpoint(last, self.net, self.optimizer)
         self.history = meta["extra"].get("history", [])
+        self.return_weights()
         return meta["step"]
 
     def fit(self, resume: bool = True, until: int | None = None) -> dict[str, Any]:
         """Train to ``cfg.steps``, or stop at step ``until`` (a checkpoint is written there);
         resumes from the newest checkpoint if there is one. The schedule always spans
         ``cfg.steps``, so stopping and going on is the same as one run."""
-        cfg, model = self.cfg, self.model
+        cfg, model = self.cfg, self.step_model
         stop = cfg.steps if until is None else min(until, cfg.steps)
         step = self.restore() if resume else 0
         model.train()
@@ -153,6 +190,9 @@ class Trainer:
             dynamic_ncols=True,
             leave=True,
         )
+        if self.flops_per_step is None and step < stop:
+            first = self._to_device(self.sample(step * cfg.grad_accum, self.rows))
+            self.flops_per_step = model_flops(model, first, self.loss_fn, cfg.bf16) * cfg.grad_accum
         budget_start = time.perf_counter()
         while step < stop:
             if (
@@ -165,17 +205,19 @@ class Trainer:
                 group["lr"] = cfg.lr * group.get("lr_scale", 1.0) * lr_factor(step, cfg, cfg.steps)
             loss_sum, metric_sums = 0.0, {}
             for micro in range(cfg.grad_accum):
-                batch = self._to_device(self.sample(step * cfg.grad_accum + micro))
+                batch = self._to_device(self.sample(step * cfg.grad_accum + micro, self.rows))
                 with self._autocast():
                     loss, m = self.loss_fn(model, batch)
-                if not torch.isfinite(loss):
+                # one rank alone must not stop (the others would wait for it): under several
+                # ranks a bad loss shows in the all-reduced gradient norm below, on every rank
+                if self.part.world == 1 and not torch.isfinite(loss):
                     self._stop_non_finite(step, f"loss is {loss.item()}")
                 (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item() / cfg.grad_accum
-                symbols_seen += batch[0].numel()
+                symbols_seen += batch[0].numel() * self.part.world
                 for k, v in m.items():
                     metric_sums[k] = metric_sums.get(k, 0.0) + v / cfg.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = parallel.clip_grad_norm(list(self.net.parameters()), cfg.grad_clip)
             if not torch.isfinite(grad_norm):
                 self._stop_non_finite(step, f"gradient norm is {grad_norm.item()}")
             self.optimizer.step()
@@ -186,18 +228,18 @@ class Trainer:
             if step > 1:  # the first step pays one-off costs (allocation, kernel selection)
                 steady_time, steady_steps = steady_time + step_seconds, steady_steps + 1
             metrics = {
-                "loss": loss_sum,
-                **metric_sums,
+                **parallel.all_mean({"loss": loss_sum, **metric_sums}),
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "grad_norm": float(grad_norm),
                 "bytes_per_s": symbols_seen / train_time,
+                **self._utilisation(step_seconds),
             }
             if step % cfg.log_every == 0 or step == cfg.steps:
                 if self.log:
                     self.log.write(self.name, step, metrics)
                 bar.set_postfix(
-                    loss=f"{loss_sum:.3f}",
-                    bpb=f"{metric_sums.get('bpb', 0):.3f}",
+                    loss=f"{metrics['loss']:.3f}",
+                    bpb=f"{metrics.get('bpb', 0):.3f}",
                     bytes_s=f"{metrics['bytes_per_s']:.0f}",
                     refresh=False,
                 )
@@ -207,6 +249,7 @@ class Trainer:
             if self.checkpoints and step % cfg.ckpt_every == 0 and step < cfg.steps:
                 self._save(step)
         bar.close()
+        self.return_weights()
         if self.history and self.history[-1]["step"] == step:  # already evaluated here
             final = {k: v for k, v in self.history[-1].items() if k != "step"}
         else:
@@ -222,11 +265,19 @@ class Trainer:
             "history": self.history,
         }
 
+    def _utilisation(self, step_seconds: float) -> dict[str, float]:
+        """Model FLOP/s of this rank's last step and, on a GPU with a known peak, MFU."""
+        if not self.flops_per_step:
+            return {}
+        rate = self.flops_per_step / step_seconds
+        return {"model_flops_per_s": rate} | ({"mfu": rate / self.peak} if self.peak else {})
+
     def _save(self, step: int) -> None:
-        save_checkpoint(
+        save = save_checkpoint if self.cfg.parallel == "none" else save_sharded
+        save(
             self.ckpt_dir,
             step,
-            self.model,
+            self.net,
             self.optimizer,
             {"history": self.history, "phase": self.name},
             keep=self.cfg.keep_ckpts,

@@ -28,6 +28,7 @@ from pdclm.model.pdclm import PDCLM
 from pdclm.pipeline import RunContext
 from pdclm.pse.entropy import EntropyModel, profile_long
 from pdclm.pse.patcher import calibrate, mean_patch_length, patch_ids
+from pdclm.train import parallel
 from pdclm.train.loop import Trainer, resolve_device
 from pdclm.train.objectives import causal_lm_loss, lm_loss, mean_bpb
 
@@ -77,7 +78,7 @@ def train_entropy_model(
         model,
         tcfg,
         ctx.run_dir / "entropy",
-        sample=lambda i: as_batch(*sampler.batch(i)),
+        sample=lambda i, rows: as_batch(*sampler.batch(i, rows)),
         loss_fn=causal_lm_loss,
         log=ctx.log,
         evaluate=mean_bpb(val_batches, resolve_device(tcfg.device), causal_lm_loss),
@@ -130,13 +131,20 @@ class PreparedPSE:
     cal_entropy: Tensor
 
 
+def prepare_shared(cfg: Config, progress: bool) -> dict[str, Any]:
+    """Ingest the corpus (rank 0 builds the shards; the other ranks then find them ready)."""
+    with parallel.main_first():
+        return prepare(cfg.data, progress=progress)
+
+
 def store_profiles(cfg: Config, entropy: EntropyModel, progress: bool) -> str:
     """Make sure every shard carries this entropy model's profile (a no-op when it does, as
-    after Phase 1); returns the profile's tag."""
+    after Phase 1); returns the profile's tag. Ranks split the shards between them."""
     device = resolve_device(cfg.train.device)
-    prepare(cfg.data, progress=progress)
+    prepare_shared(cfg, progress)
     tag = weights_tag(entropy)
     entropy.to(device)
+    part = parallel.part()
     write_profiles(
         cfg.data.dir,
         tag,
@@ -144,7 +152,9 @@ def store_profiles(cfg: Config, entropy: EntropyModel, progress: bool) -> str:
             profile_long(entropy, torch.from_numpy(s.astype(np.int64)).to(device)).cpu().numpy()
         ),
         progress=progress,
+        share=(part.rank, part.world),
     )
+    parallel.barrier()  # every profile is complete before anyone samples from them
     entropy.cpu()
     return tag
 
@@ -152,7 +162,7 @@ def store_profiles(cfg: Config, entropy: EntropyModel, progress: bool) -> str:
 def prepare_pse(ctx: RunContext) -> PreparedPSE:
     """Ingest, train + freeze the entropy model, profile every shard, calibrate the patcher."""
     cfg = ctx.cfg
-    manifest = prepare(cfg.data, progress=ctx.progress)
+    manifest = prepare_shared(cfg, ctx.progress)
     train, val = ShardSet.open(cfg.data.dir, "train"), ShardSet.open(cfg.data.dir, "val")
 
     entropy, entropy_info = train_entropy_model(ctx, train, val)
@@ -187,7 +197,7 @@ class Pretrain:
             model,
             cfg.train,
             run_dir / "pretrain",
-            sample=lambda i: as_batch(*train_sampler.batch(i)),
+            sample=lambda i, rows: as_batch(*train_sampler.batch(i, rows)),
             loss_fn=lm_loss,
             log=ctx.log,
             evaluate=mean_bpb(val_batches, device),
@@ -195,12 +205,13 @@ class Pretrain:
         )
         result = trainer.fit(resume=ctx.resume)
         model.eval().cpu()
-        save_model(model, cfg, run_dir / "model")  # the run's latest model
-        save_model(model, cfg, run_dir / "phase1_model")  # what later phases start from
-
         starts = model.patch(cal_tokens, cal_entropy)
         history = result.pop("history")
-        plots = self.plots(model, cal_tokens, cal_entropy, starts, run_dir)
+        plots = []
+        if parallel.is_main():
+            save_model(model, cfg, run_dir / "model")  # the run's latest model
+            save_model(model, cfg, run_dir / "phase1_model")  # what later phases start from
+            plots = self.plots(model, cal_tokens, cal_entropy, starts, run_dir)
         # held-out task accuracy of the stream model: what the later phases are measured against
         tasks = evaluate_tasks(model, held_out_sets(cfg.tasks), cfg.tasks, cfg.train.bf16)
         return {

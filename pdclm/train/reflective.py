@@ -74,6 +74,7 @@ from pdclm.eval.tasks import (
 from pdclm.model.io import find_model_dir, load_model, save_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.pipeline import RunContext
+from pdclm.train import parallel
 from pdclm.train.checkpoint import load_weights, save_weights
 from pdclm.train.grpo import action_logprobs, grpo_loss_fn, rollout_tensors
 from pdclm.train.loop import Trainer
@@ -102,7 +103,7 @@ class Critics:
             return self.loaded[1]
         rf = self.cfg.rl.reflection
         critic = Reflector(self.policy, rf.latent_layers)
-        if self.path(v).exists():
+        if parallel.broadcast(self.path(v).exists()):
             load_weights(critic, self.path(v))
         else:
             if v and self.path(v - 1).exists():
@@ -118,9 +119,11 @@ class Critics:
                 self.cfg.train.device,
             )
             critic.cpu()
-            tmp = self.path(v).with_suffix(".tmp")
-            save_weights(critic, tmp)
-            tmp.replace(self.path(v))
+            if parallel.is_main():  # every rank trained the same critic
+                tmp = self.path(v).with_suffix(".tmp")
+                save_weights(critic, tmp)
+                tmp.replace(self.path(v))
+            parallel.barrier()
             self.history.append({"version": v, "examples": len(examples), **stats})
         self.loaded = (v, critic.cpu().eval())
         return critic
@@ -154,6 +157,9 @@ class RolloutBatches:
     ) -> None:
         self.cfg, self.folder, self.policy, self.reference = cfg, folder, policy, reference
         self.critics, self.exclude, self.progress = critics, exclude, progress
+        self.sync: Callable[[], None] = lambda: None
+        """Brings the training weights into ``policy`` before it generates (FSDP trains a
+        sharded copy)."""
         folder.mkdir(parents=True, exist_ok=True)
         names = list(cfg.tasks.names)
         self.names = names
@@ -232,6 +238,7 @@ class RolloutBatches:
 
     def build(self, k: int) -> None:
         cfg, rl = self.cfg, self.cfg.rl
+        self.sync()
         critic = self.critic_for(k)
         self.replay(k)
         items = self.prompts(k, rl.prompts)
@@ -297,21 +304,29 @@ class RolloutBatches:
             for j, r in enumerate(rollouts)
         ]
         path, jsonl = self.paths(k)
-        tmp = jsonl.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(jsonl)
-        tmp = path.with_suffix(".tmp")
-        save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp))
-        tmp.replace(path)  # last: its presence marks the batch as complete
+        if parallel.is_main():  # every rank computed the same rollouts (generation is gathered)
+            tmp = jsonl.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            tmp.replace(jsonl)
+            tmp = path.with_suffix(".tmp")
+            save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp))
+            tmp.replace(path)  # last: its presence marks the batch as complete
+        parallel.barrier()
         self.policy.train()
 
-    def batch(self, i: int) -> tuple[Tensor, ...]:
+    def batch(self, i: int, rows: slice) -> tuple[Tensor, ...]:
+        """Update ``i``'s rollouts; under several ranks each takes every world-th rollout
+        (``rows``, a share of ``train.batch``, does not apply: rollout counts vary)."""
         k = i // self.cfg.rl.updates
         path = self.paths(k)[0]
-        if not path.exists():
+        if not parallel.broadcast(path.exists()):
             self.build(k)
         t = load_file(str(path))
-        return t["tokens"], t["actions"], t["adv"], t["old_logp"], t["ref_logp"], t["stats"]
+        p = parallel.part()
+        n = len(t["adv"])
+        mine = [j % n for j in range(p.rank, max(n, p.world), p.world)]
+        per_row = [t[name][mine] for name in ("tokens", "actions", "adv", "old_logp", "ref_logp")]
+        return (*per_row, t["stats"])
 
 
 class Reflective:
@@ -361,11 +376,13 @@ class Reflective:
             log=ctx.log,
             progress=ctx.progress,
         )
+        data.sync = trainer.return_weights
         result = trainer.fit(resume=True)
         policy.eval().cpu()
-        save_model(policy, cfg, run_dir / "model")
         critic = critics.get((rl.steps - 1) // rl.reflect_every)
-        save_weights(critic, run_dir / "model" / CRITIC_FILE)  # for `pdclm solve --reflect`
+        if parallel.is_main():
+            save_model(policy, cfg, run_dir / "model")
+            save_weights(critic, run_dir / "model" / CRITIC_FILE)  # for `solve --reflect`
         return self.evaluate(ctx, policy, critic, sets, result, critics)
 
     def evaluate(
@@ -385,16 +402,20 @@ class Reflective:
             robust = robustness(policy, critic, sets, cfg)
             unans = unanswerable_check(policy, sets, cfg)
         curves = reward_curves(ctx.log.path if ctx.log else None)
-        plots = [
-            plot_task_accuracy(
-                {
-                    "after Phase 2": ctx.results.get("phase2", {}).get("tasks", {}),
-                    "after Phase 3": tasks["tasks"],
-                },
-                run_dir / "phase3_task_accuracy.png",
-            ),
-            plot_reward_channels(curves, run_dir / "phase3_reward_channels.png"),
-        ]
+        plots = (
+            [
+                plot_task_accuracy(
+                    {
+                        "after Phase 2": ctx.results.get("phase2", {}).get("tasks", {}),
+                        "after Phase 3": tasks["tasks"],
+                    },
+                    run_dir / "phase3_task_accuracy.png",
+                ),
+                plot_reward_channels(curves, run_dir / "phase3_reward_channels.png"),
+            ]
+            if parallel.is_main()
+            else []
+        )
         return {
             **tasks,
             "reflection": critic_quality,

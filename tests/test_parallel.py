@@ -1,0 +1,184 @@
+"""Several ranks (gloo, 2 processes on CPU): DDP and FSDP2 train exactly what one process
+trains on the same global batch, sharded checkpoints resume bit-identically and load in one
+process, and a save killed midway leaves the previous checkpoint the latest.
+
+The multi-process checks share one spawned pair of ranks (:func:`_ranks`), so the suite pays
+the start-up of two processes once.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pdclm.config import ConfigError
+from pdclm.train import parallel
+from pdclm.train.checkpoint import (
+    is_sharded,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_weights,
+)
+from pdclm.train.loop import Trainer
+from pdclm.train.objectives import lm_loss
+from tests.test_train_loop import cfg, fresh_model, sampler
+
+GLOBAL_BATCH = 4
+STEPS, CKPT = 6, 3
+KILLED = 99  # the step of the save that is killed midway
+
+
+def run_cfg(mode: str, **kw):
+    return cfg(
+        batch=GLOBAL_BATCH, steps=STEPS, ckpt_every=CKPT, eval_every=CKPT, parallel=mode, **kw
+    )
+
+
+def make_trainer(folder: Path, model: torch.nn.Module, c) -> Trainer:
+    return Trainer(
+        "t",
+        model,
+        c,
+        folder,
+        functools.partial(sampler, batch=GLOBAL_BATCH),
+        lm_loss,
+        evaluate=lambda m: lm_loss(m, sampler(10_000, batch=GLOBAL_BATCH))[1],
+        progress=False,
+    )
+
+
+def _ranks(rank: int, tmp: str, port: int) -> None:
+    """One of two ranks: train with DDP (with activation checkpointing) and with FSDP, resume
+    FSDP from its mid-run checkpoint, then die in the middle of one more save."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    out = Path(tmp)
+    parallel.init(run_cfg("ddp", device="cpu"))
+    weights = {}
+    for mode, recompute in (("ddp", True), ("fsdp", False)):
+        model = fresh_model()
+        c = run_cfg(mode, activation_checkpointing=recompute)
+        trainer = make_trainer(out / mode, model, c)
+        trainer.fit()
+        weights[mode] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    # the FSDP run's mid-run checkpoint alone in a new folder: training on from it
+    if rank == 0:
+        step = f"step_{CKPT:07d}"
+        shutil.copytree(out / "fsdp" / "ckpt" / step, out / "resumed" / "ckpt" / step)
+    parallel.barrier()
+    model = fresh_model()
+    make_trainer(out / "resumed", model, run_cfg("fsdp")).fit()
+    weights["fsdp_resumed"] = model.state_dict()
+    if rank == 0:
+        torch.save(weights, out / "weights.pt")
+    parallel.barrier()
+
+    # both ranks die (no clean-up runs) once their shards are on disk, before the save ends
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    from pdclm.train.checkpoint import save_sharded
+
+    write = FileSystemWriter.write_data
+
+    def write_then_die(self, *args, **kwargs):
+        write(self, *args, **kwargs).wait()
+        os._exit(0)
+
+    FileSystemWriter.write_data = write_then_die
+    save_sharded(out / "fsdp" / "ckpt", KILLED, trainer.net, trainer.optimizer, keep=5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ranks")
+    mp.spawn(_ranks, args=(str(out), free_port()), nprocs=2, join=True)
+    return out
+
+
+def one_process(folder: Path, until: int | None = None) -> dict[str, torch.Tensor]:
+    model = fresh_model()
+    make_trainer(folder, model, run_cfg("none")).fit(until=until)
+    return model.state_dict()
+
+
+def assert_close(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=0, atol=atol), (k, (a[k] - b[k]).abs().max())
+
+
+def test_ddp_and_fsdp_train_what_one_process_trains(ranks, tmp_path):
+    ref = one_process(tmp_path)
+    init = fresh_model().state_dict()
+    got = torch.load(ranks / "weights.pt", weights_only=True)
+    moved = max((ref[k] - init[k]).abs().max().item() for k in ref)
+    assert moved > 1e-2  # training changed the weights: the comparison below is not trivial
+    for mode in ("ddp", "fsdp"):
+        assert_close(got[mode], ref, atol=1e-5)
+
+
+def test_sharded_checkpoint_resumes_bit_identically_and_loads_in_one_process(ranks, tmp_path):
+    got = torch.load(ranks / "weights.pt", weights_only=True)
+    for k, v in got["fsdp"].items():  # resumed on 2 ranks = uninterrupted on 2 ranks, bit for bit
+        assert torch.equal(v, got["fsdp_resumed"][k]), k
+    last = latest_checkpoint(ranks / "fsdp" / "ckpt")
+    assert is_sharded(last)
+    model = fresh_model()
+    load_checkpoint(last, model)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, got["fsdp"][k]), k
+    assert read_weights(last).keys() == got["fsdp"].keys()
+
+    # one process resumes the 2-rank run from its mid-run checkpoint and ends where one
+    # process alone ends
+    step = f"step_{CKPT:07d}"
+    shutil.copytree(ranks / "fsdp" / "ckpt" / step, tmp_path / "resumed" / "ckpt" / step)
+    assert_close(one_process(tmp_path / "resumed"), one_process(tmp_path / "alone"), atol=1e-5)
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(ranks):
+    ckpt = ranks / "fsdp" / "ckpt"
+    half = ckpt / f".step_{KILLED:07d}.tmp"
+    assert list(half.glob("*.distcp"))  # the shards were written ...
+    assert not (half / "meta.json").exists()  # ... and the save never finished
+    assert [p.name for p in list_checkpoints(ckpt)] == [f"step_{s:07d}" for s in (CKPT, STEPS)]
+    got = torch.load(ranks / "weights.pt", weights_only=True)
+    model = fresh_model()
+    load_checkpoint(latest_checkpoint(ckpt), model)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, got["fsdp"][k]), k
+
+
+def test_bad_launches_fail_clearly(tmp_path, monkeypatch):
+    for mode in ("ddp", "fsdp"):
+        with pytest.raises(ConfigError, match="torchrun"):
+            make_trainer(tmp_path, fresh_model(), run_cfg(mode))
+        with pytest.raises(ConfigError, match="torchrun"):
+            parallel.init(run_cfg(mode))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="train.parallel=none"):
+        parallel.init(run_cfg("none"))
+    with pytest.raises(ConfigError, match="divide"):
+        parallel.Part(0, 3).rows(GLOBAL_BATCH)
+    assert [parallel.Part(r, 2).rows(4) for r in (0, 1)] == [slice(0, 2), slice(2, 4)]
