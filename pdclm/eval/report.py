@@ -54,8 +54,13 @@ def read_metrics(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def plot_curves(run_dir: Path) -> str | None:
-    """Training loss and validation bits per byte against step, one panel per trainer."""
-    metrics = read_metrics(run_dir)
+    """Training loss and validation bits per byte against step, one panel per trainer that
+    logs them (Phase 3's rewards have their own plot)."""
+    metrics = {
+        k: v
+        for k, v in read_metrics(run_dir).items()
+        if any("bpb" in r or "val_bpb" in r for r in v)
+    }
     if not metrics:
         return None
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.4), squeeze=False)
