@@ -18,7 +18,7 @@ from pdclm.cognition.ccm import Budget, Solution
 from pdclm.config import load_preset
 from pdclm.data.episodes import Episode, format_episode, pack, weighted_symbols
 from pdclm.data.generators import GENERATORS, Task
-from pdclm.data.tasks import held_out, make_source
+from pdclm.data.tasks import held_out, make_source, unanswerable
 from pdclm.vocab import EOS, THINK
 
 
@@ -100,10 +100,12 @@ def test_self_play_keeps_only_verified_episodes(monkeypatch):
 def test_dialogue_keeps_only_verified_transcripts(monkeypatch):
     src = make_source("arithmetic")
     items = src.sample(seed=5, level=1, n=3)
+    items.append(unanswerable(items[2], random.Random(0)))  # a number hidden: "unknown" is right
     answers = {  # (round-1 answers, round-2 answers) per item
         items[0].question: ([items[0].answer, "0"], [items[0].answer, items[0].answer]),
         items[1].question: (["7", "8"], ["7", "7"]),  # agree on a wrong answer: dropped
         items[2].question: (["1", "2"], ["1", "2"]),
+        items[3].question: (["unknown", "5"], ["unknown", "unknown"]),
     }
 
     def fake_solve(model, questions, budget, *args, **kwargs):
@@ -116,11 +118,12 @@ def test_dialogue_keeps_only_verified_transcripts(monkeypatch):
 
     monkeypatch.setattr(selfplay, "solve", fake_solve)
     kept, stats = selfplay.dialogue(None, items, 2, Budget(), 0.7, torch.Generator())
-    assert [v.kind for v in kept] == ["dialogue"]
+    assert [v.kind for v in kept] == ["dialogue", "dialogue"]
     ep = kept[0].episode
     assert ep.question.endswith(items[0].question) and "Other agents answered" in ep.question
     assert src.score(items[0], ep.answer) == 1.0
-    assert stats["accuracy_final"] == pytest.approx(1 / 3)
+    assert kept[1].episode.answer == "unknown"
+    assert stats["accuracy_final"] == pytest.approx(2 / 4)
 
 
 class Parity:

@@ -25,7 +25,7 @@ import torch
 from pdclm.cognition.ccm import Budget, Solution, agreement, check, solve
 from pdclm.data.episodes import Episode, with_context
 from pdclm.data.generators import GENERATORS, Task
-from pdclm.data.tasks import Item, make_source
+from pdclm.data.tasks import Item, verify
 from pdclm.model.pdclm import PDCLM, complete
 from pdclm.train.parallel import spread
 from pdclm.vocab import BOS, VOCAB_SIZE
@@ -172,16 +172,15 @@ def dialogue(
     second = solve(model, revised_q, budget, temperature, generator=generator, batch=batch)
     kept: list[Verified] = []
     acc1 = acc2 = final_ok = agree1 = agree2 = 0.0
-    for i, item in enumerate(items):
-        source = make_source(item.source)
+    for i, item in enumerate(items):  # an item may be unanswerable: verify() knows both kinds
         r1 = first[i * agents : (i + 1) * agents]
         r2 = second[i * agents : (i + 1) * agents]
-        acc1 += sum(source.score(item, s.answer) for s in r1) / agents
-        acc2 += sum(source.score(item, s.answer) for s in r2) / agents
+        acc1 += sum(verify(item, s.answer) for s in r1) / agents
+        acc2 += sum(verify(item, s.answer) for s in r2) / agents
         agree1 += not agreement([s.answer for s in r1])["disagree"]
         agree2 += not agreement([s.answer for s in r2])["disagree"]
         final = str(agreement([s.answer for s in r2])["majority"])
-        if source.score(item, final) < 1.0:
+        if not verify(item, final):
             continue
         final_ok += 1
         for a, s in enumerate(r2):
