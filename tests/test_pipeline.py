@@ -188,6 +188,12 @@ def test_pse_generate_eval_on_the_trained_model(tiny_run: Path, tmp_path, capsys
         == 0
     )
     assert json.loads(solve_json.read_text())["task"] == "arithmetic"
+    # self-debugging with Phase 3's reflection network: every round shown, the chosen last
+    args = ["solve", "Compute 3 + 4 * 2.", "--ckpt", str(tiny_run), "--reflect"]
+    assert main([*args, "--think-bytes", "40", "--json", str(solve_json)]) == 0
+    rounds = json.loads(solve_json.read_text())["reflection"]
+    assert rounds and all(0 <= r["score"] <= 1 for r in rounds)
+    assert "reflection round 0" in capsys.readouterr().out
     sp = tmp_path / "sp.jsonl"
     assert (
         main(
