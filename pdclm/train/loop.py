@@ -111,6 +111,8 @@ class Trainer:
     """Stop early at this wall-clock budget (benchmarks); the schedule still assumes cfg.steps."""
     checkpoints: bool = True
     progress: bool = True
+    postfix: tuple[str, ...] = ("loss", "bpb", "bytes_per_s")
+    """Metrics shown beside the progress bar."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -237,12 +239,8 @@ class Trainer:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 if self.log:
                     self.log.write(self.name, step, metrics)
-                bar.set_postfix(
-                    loss=f"{metrics['loss']:.3f}",
-                    bpb=f"{metrics.get('bpb', 0):.3f}",
-                    bytes_s=f"{metrics['bytes_per_s']:.0f}",
-                    refresh=False,
-                )
+                shown = {k: metrics[k] for k in self.postfix if k in metrics}
+                bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
             bar.update(1)
             if step % cfg.eval_every == 0 and step < cfg.steps:
                 self.run_eval(step)

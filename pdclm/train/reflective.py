@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+from tqdm import tqdm
 
 from pdclm.cognition.ccm import check
 from pdclm.cognition.reflection import (
@@ -87,8 +88,11 @@ STATS = (*CHANNELS, "thinking_bytes", "informative_groups", "unanswerable_said")
 class Critics:
     """The reflection network's versions: version v serves updates v*reflect_every onward."""
 
-    def __init__(self, cfg: Config, folder: Path, policy: PDCLM, exclude: set[str]) -> None:
+    def __init__(
+        self, cfg: Config, folder: Path, policy: PDCLM, exclude: set[str], progress: bool
+    ) -> None:
         self.cfg, self.folder, self.policy, self.exclude = cfg, folder, policy, exclude
+        self.progress = progress and parallel.is_main()
         folder.mkdir(parents=True, exist_ok=True)
         self.loaded: tuple[int, Reflector] | None = None
         self.history: list[dict[str, Any]] = []
@@ -125,6 +129,11 @@ class Critics:
                 tmp.replace(self.path(v))
             parallel.barrier()
             self.history.append({"version": v, "examples": len(examples), **stats})
+            if self.progress:
+                tqdm.write(
+                    f"phase3 reflection network v{v}: {len(examples)} examples, "
+                    f"{stats['steps']} steps, final loss {stats['loss']:.3f}"
+                )
         self.loaded = (v, critic.cpu().eval())
         return critic
 
@@ -153,10 +162,9 @@ class RolloutBatches:
         reference: PDCLM | None,
         critics: Critics,
         exclude: set[str],
-        progress: bool,
     ) -> None:
         self.cfg, self.folder, self.policy, self.reference = cfg, folder, policy, reference
-        self.critics, self.exclude, self.progress = critics, exclude, progress
+        self.critics, self.exclude = critics, exclude
         self.sync: Callable[[], None] = lambda: None
         """Brings the training weights into ``policy`` before it generates (FSDP trains a
         sharded copy)."""
@@ -352,10 +360,8 @@ class Reflective:
 
         sets = held_out_sets(cfg.tasks)
         exclude = {it.question for items in sets.values() for it in items}
-        critics = Critics(cfg, folder / "critic", policy, exclude)
-        data = RolloutBatches(
-            cfg, folder / "rollouts", policy, reference, critics, exclude, ctx.progress
-        )
+        critics = Critics(cfg, folder / "critic", policy, exclude, ctx.progress)
+        data = RolloutBatches(cfg, folder / "rollouts", policy, reference, critics, exclude)
         tcfg = dataclasses.replace(
             cfg.train,
             steps=rl.steps * rl.updates,
@@ -375,6 +381,7 @@ class Reflective:
             loss_fn=grpo_loss_fn(rl.clip_low, rl.clip_high, rl.kl, STATS),
             log=ctx.log,
             progress=ctx.progress,
+            postfix=("loss", "correctness", "thinking_bytes", "kl"),
         )
         data.sync = trainer.return_weights
         result = trainer.fit(resume=True)
