@@ -106,7 +106,9 @@ class Critics:
         if self.loaded and self.loaded[0] == v:
             return self.loaded[1]
         rf = self.cfg.rl.reflection
-        critic = Reflector(self.policy, rf.latent_layers)
+        with torch.random.fork_rng():  # the heads' initialisation depends on the seed alone
+            torch.manual_seed(self.cfg.train.seed * 1009 + v)
+            critic = Reflector(self.policy, rf.latent_layers)
         if parallel.broadcast(self.path(v).exists()):
             load_weights(critic, self.path(v))
         else:
