@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -230,6 +231,16 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert main(["generate", "x", "--ckpt", str(tmp_path)]) == 2
     assert "holds no model" in capsys.readouterr().err
     assert main(["nosuch"]) == 2
+
+
+def test_phase3_refuses_a_run_without_phase2(tiny_run: Path, tmp_path, capsys):
+    run = tmp_path / "only_phase1"
+    shutil.copytree(tiny_run / "phase1_model", run / "model")
+    shutil.copytree(tiny_run / "phases", run / "phases")
+    (run / "phases" / "cognitive.json").unlink()
+    assert main(["train", "reflective", "--preset", "tiny", "--out", str(run)]) == 2
+    assert "no finished Phase 2" in capsys.readouterr().err
+    assert not (run / "reflective").exists()
 
 
 def test_a_corrupt_checkpoint_stops_resume_with_a_clear_error(

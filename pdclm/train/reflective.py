@@ -47,7 +47,7 @@ from pdclm.cognition.reflection import (
     train_reflector,
 )
 from pdclm.cognition.rewards import CHANNELS, Rollout, advantages, score_channels
-from pdclm.config import Config
+from pdclm.config import Config, ConfigError
 from pdclm.data.episodes import Episode
 from pdclm.data.tasks import (
     Curriculum,
@@ -351,6 +351,12 @@ class Reflective:
         if not ctx.resume and folder.exists():
             shutil.rmtree(folder)  # a fresh run of this phase: no stale rollouts or critics
         start = run_dir / "phase2_model"
+        done = run_dir / "phases"
+        if (done / "pretrain.json").exists() and not (done / "cognitive.json").exists():
+            raise ConfigError(
+                f"{run_dir} has no finished Phase 2; Phase 3 starts from the Phase 2 model "
+                "(run `pdclm train cognitive --resume RUN` first)"
+            )
         if not start.exists():
             shutil.copytree(find_model_dir(run_dir), start)
         policy, mcfg = load_model(start)
