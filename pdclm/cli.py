@@ -402,7 +402,7 @@ def cmd_selfplay(args: SelfplayCmd) -> dict:
     from pdclm.data.tasks import make_source, training_items
     from pdclm.eval.tasks import eval_budget, generation_context, held_out_sets
     from pdclm.model.io import find_model_dir, load_model
-    from pdclm.train.cognitive import write_jsonl_atomic
+    from pdclm.train.checkpoint import write_jsonl_atomic
 
     cfg = args.config
     folder = find_model_dir(args.ckpt)

@@ -47,6 +47,13 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line, all or nothing."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
 def save_weights(model: nn.Module, path: Path) -> None:
     """All parameters and persistent buffers as safetensors (contiguous, no shared storage)."""
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}

@@ -52,7 +52,7 @@ from pdclm.model.io import find_model_dir, load_model, save_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.pipeline import RunContext
 from pdclm.train import parallel
-from pdclm.train.checkpoint import write_json_atomic
+from pdclm.train.checkpoint import write_json_atomic, write_jsonl_atomic
 from pdclm.train.loop import Trainer, resolve_device
 from pdclm.train.objectives import mean_bpb, weighted_lm_loss
 from pdclm.train.pretrain import held_out_batches, store_profiles
@@ -62,12 +62,6 @@ def round_bounds(cfg: Config) -> list[int]:
     """The optimizer step at which each round ends."""
     n, steps = cfg.cognitive.rounds, cfg.cognitive.steps
     return [steps * (r + 1) // n for r in range(n)]
-
-
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
 
 
 class RoundData:

@@ -76,7 +76,7 @@ from pdclm.model.io import find_model_dir, load_model, save_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.pipeline import RunContext
 from pdclm.train import parallel
-from pdclm.train.checkpoint import load_weights, save_weights
+from pdclm.train.checkpoint import load_weights, save_weights, write_jsonl_atomic
 from pdclm.train.grpo import action_logprobs, grpo_loss_fn, rollout_tensors
 from pdclm.train.loop import Trainer
 from pdclm.vocab import EOS
@@ -171,9 +171,13 @@ class RolloutBatches:
         """Brings the training weights into ``policy`` before it generates (FSDP trains a
         sharded copy)."""
         folder.mkdir(parents=True, exist_ok=True)
-        names = list(cfg.tasks.names)
-        self.names = names
-        self.curriculum = Curriculum(names, dict.fromkeys(names, 1), window=4 * cfg.rl.group)
+        self.names = list(cfg.tasks.names)
+        self.curriculum = self.new_curriculum()
+        self.recorded = 0
+        """Updates whose rollouts the curriculum has seen."""
+
+    def new_curriculum(self) -> Curriculum:
+        return Curriculum(self.names, dict.fromkeys(self.names, 1), window=4 * self.cfg.rl.group)
 
     def paths(self, k: int) -> tuple[Path, Path]:
         return self.folder / f"batch_{k:05d}.safetensors", self.folder / f"batch_{k:05d}.jsonl"
@@ -234,17 +238,18 @@ class RolloutBatches:
 
     # ----------------------------------------------------------------------------- rollouts
     def replay(self, k: int) -> None:
-        """Bring the curriculum to where it was before update ``k`` (from the saved rows)."""
-        self.curriculum = Curriculum(
-            self.names, dict.fromkeys(self.names, 1), self.curriculum.window
-        )
-        for j in range(k):
+        """Bring the curriculum to where it was before update ``k``, from the saved rows (all
+        of them after a restart, else just the updates since the last call)."""
+        if self.recorded > k:
+            self.curriculum, self.recorded = self.new_curriculum(), 0
+        for j in range(self.recorded, k):
             rows = self.paths(j)[1]
             if rows.exists():
                 for line in rows.read_text().splitlines():
                     d = json.loads(line)
                     if d["answerable"]:
                         self.curriculum.record(d["task"], d["correct"])
+        self.recorded = k
 
     def build(self, k: int) -> None:
         cfg, rl = self.cfg, self.cfg.rl
@@ -315,9 +320,7 @@ class RolloutBatches:
         ]
         path, jsonl = self.paths(k)
         if parallel.is_main():  # every rank computed the same rollouts (generation is gathered)
-            tmp = jsonl.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            tmp.replace(jsonl)
+            write_jsonl_atomic(jsonl, rows)
             tmp = path.with_suffix(".tmp")
             save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp))
             tmp.replace(path)  # last: its presence marks the batch as complete
