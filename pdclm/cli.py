@@ -8,7 +8,8 @@
     pdclm solve     --ckpt RUN "question" [--think-budget 8] [--samples 3] [--context TEXT]
     pdclm selfplay  --ckpt RUN [--episodes FILE]                   verified self-play episodes
     pdclm eval      --ckpt RUN                                     held-out bits per byte
-    pdclm bench     pretrain [--preset tiny|cpu] --json FILE       PD-CLM vs byte transformer
+    pdclm label     --ckpt RUN [--file F] [--from-verifier]        human verdicts, most useful first
+    pdclm bench     pretrain|rewards|human [--preset tiny|cpu] --json FILE   against baselines
     pdclm export    CKPT [--out DIR]                               checkpoint -> model folder
 
 Every subcommand takes ``--preset NAME|FILE``, ``--out DIR``, ``--json FILE`` (results as JSON)
@@ -142,6 +143,26 @@ class SelfplayCmd(Common):
 
 
 @dataclass
+class LabelCmd(Common):
+    """Ask for verdicts on the episodes where they are worth most (the reflection network
+    unsure, the reward channels disagreeing), one at a time; each is appended to a JSONL file
+    of human verifier examples as it is given. Interrupt at any time; rerun to continue."""
+
+    ckpt: str | None = None
+    """The run whose Phase 3 rollouts (or, without them, fresh samples) are labelled."""
+    file: str | None = None
+    """Verdicts file (default: RUN/human_verdicts.jsonl); give it to prepare as human:FILE."""
+    annotator: str = os.environ.get("USER", "annotator")
+    limit: int | None = None
+    """Stop after this many verdicts."""
+    from_verifier: bool = False
+    """Fill verdicts from the task verifiers and the CCM's step checks instead of asking."""
+    fresh: bool = False
+    """Sample fresh episodes from the run's model even if it has Phase 3 rollouts."""
+    seed: int = 0
+
+
+@dataclass
 class EvalCmd(Common):
     """Held-out bits per byte of a trained model."""
 
@@ -162,9 +183,10 @@ class ExportCmd(Common):
 class BenchCmd(Common):
     """Benchmarks against baselines, measured in one run on this machine."""
 
-    which: tyro.conf.Positional[Literal["pretrain", "rewards"]] = "pretrain"
+    which: tyro.conf.Positional[Literal["pretrain", "rewards", "human"]] = "pretrain"
     ckpt: str | None = None
-    """``rewards``: the run (or model folder) whose Phase 2 model both variants start from."""
+    """``rewards``: the run (or model folder) whose Phase 2 model both variants start from;
+    ``human``: the run whose episodes are labelled (default: train one, Phase 3 aside)."""
 
 
 COMMANDS: dict[str, type[Common]] = {
@@ -176,6 +198,7 @@ COMMANDS: dict[str, type[Common]] = {
     "solve": SolveCmd,
     "selfplay": SelfplayCmd,
     "eval": EvalCmd,
+    "label": LabelCmd,
     "bench": BenchCmd,
     "export": ExportCmd,
 }
@@ -238,6 +261,9 @@ def cmd_prepare(args: PrepareCmd) -> dict:
     for split, t in manifest["totals"].items():
         print(f"{split}: {t['docs']} documents, {t['bytes']:,} bytes")
     print(f"shards in {args.config.data.dir}")
+    if "human" in manifest:
+        h = manifest["human"]
+        print(f"human verifier examples: {h['examples']} kept, {len(h['skipped'])} lines skipped")
     return manifest
 
 
@@ -468,6 +494,21 @@ def cmd_eval(args: EvalCmd) -> dict:
     return result
 
 
+def cmd_label(args: LabelCmd) -> dict:
+    from pdclm.cognition.labelling import label_command
+
+    return label_command(
+        args.config,
+        args.ckpt,
+        args.file,
+        args.annotator,
+        args.limit,
+        args.from_verifier,
+        args.fresh,
+        args.seed,
+    )
+
+
 def cmd_export(args: ExportCmd) -> dict:
     from pdclm.model.io import export_checkpoint
 
@@ -484,6 +525,10 @@ def cmd_bench(args: BenchCmd) -> dict:
     out = Path(args.out) if args.out else None
     if args.which == "rewards":
         return bench_rewards(args.config, args.ckpt, out)
+    if args.which == "human":
+        from pdclm.eval.human import bench_human
+
+        return bench_human(args.config, args.ckpt, out, args.json)
     return bench_pretrain(args.config, out)
 
 
@@ -520,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
                 "solve": cmd_solve,
                 "selfplay": cmd_selfplay,
                 "eval": cmd_eval,
+                "label": cmd_label,
                 "bench": cmd_bench,
                 "export": cmd_export,
             }[name](args)

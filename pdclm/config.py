@@ -302,6 +302,31 @@ class RLConfig:
 
 
 @dataclass
+class HumanConfig:
+    """Human verifier examples (``human:`` sources of ``pdclm prepare``): how the reflection
+    network learns from them, and how ``pdclm label`` and ``pdclm bench human`` work."""
+
+    weight: float = 4.0
+    """Loss weight of a human verdict; an automatic label (verifier, CCM, gold twin) weighs 1."""
+    holdout: float = 0.25
+    """Share of questions (by a hash of the question) whose verdicts form the held-out
+    agreement set: never trained or calibrated on."""
+    calibration: float = 0.2
+    """Share of the remaining questions whose verdicts fit the critic's score calibration
+    (Platt scaling) instead of training it."""
+    counts: list[int] = field(default_factory=lambda: [0, 10, 30, 100, 300])
+    """``bench human``: human-label counts the reflection network is trained with."""
+    seeds: int = 1
+    """``bench human``: repeats of every point with another label order and initialisation."""
+    steps: int = 60
+    """``bench human``: optimizer steps of each critic training (equal for every point)."""
+    questions: int = 64
+    """Fresh training questions when a run has no Phase 3 rollouts to label..."""
+    samples: int = 4
+    """... each answered this many times (the group the agreement channel compares within)."""
+
+
+@dataclass
 class Config:
     preset: str = "default"
     """Preset name (tiny, cpu, gpu) or a .toml/.json config file; read before other flags."""
@@ -315,6 +340,7 @@ class Config:
     cognitive: CognitiveConfig = field(default_factory=CognitiveConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    human: HumanConfig = field(default_factory=HumanConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,3 +523,12 @@ def validate(cfg: Config) -> None:
     for name in ("steps", "batch", "items", "samples"):
         need(getattr(rf, name) >= 1, f"rl.reflection.{name} must be >= 1")
     need(rf.rounds >= 0 and 0 < rf.threshold < 1, "rl.reflection.rounds >= 0, threshold in (0, 1)")
+    hu = cfg.human
+    need(hu.weight > 0, "human.weight must be > 0")
+    need(
+        0 < hu.holdout < 1 and 0 <= hu.calibration < 1,
+        "human.holdout in (0, 1), calibration [0, 1)",
+    )
+    need(all(n >= 0 for n in hu.counts) and hu.counts, "human.counts: label counts >= 0")
+    for name in ("seeds", "steps", "questions", "samples"):
+        need(getattr(hu, name) >= 1, f"human.{name} must be >= 1")

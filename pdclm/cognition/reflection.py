@@ -41,6 +41,8 @@ from pdclm.vocab import END_THINK, EOS, NEWLINE, THINK
 
 IGNORE = -1.0
 """Target of positions that carry no label."""
+IDENTITY = torch.tensor([1.0, 0.0])
+"""Calibration ``(a, b)`` that leaves scores as trained: ``sigmoid(a * logit + b)``."""
 WIDTH_BUCKET = 64
 """Batches are padded to a multiple of this many symbols: every new tensor shape costs the
 CPU kernels a slow first call (0.4 s against 0.06 s per critic step when widths vary)."""
@@ -62,11 +64,25 @@ class Reflector(nn.Module):
         d = policy.pse_cfg.encoder.dim
         self.step_head = nn.Linear(d, 1)
         self.answer_head = nn.Linear(d, 1)
+        self.register_buffer("calibration", IDENTITY.clone())
+        self.register_load_state_dict_pre_hook(_uncalibrated_if_missing)
+        """Platt scaling ``(a, b)`` of the logits fitted on human verdicts (:func:`calibrate`);
+        saved with the weights and applied by :func:`score`, not by ``forward`` (training)."""
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Step and answer logits (B, N-1); position j has read ``tokens[:, : j + 1]``."""
         h = self.backbone.features(tokens)
         return self.step_head(h)[..., 0], self.answer_head(h)[..., 0]
+
+    def probability(self, logit: Tensor) -> Tensor:
+        """A score head's logit as a calibrated probability."""
+        a, b = self.calibration.to(logit.device, torch.float32)
+        return (a * logit.float() + b).sigmoid()
+
+
+def _uncalibrated_if_missing(module: nn.Module, state: dict, prefix: str, *_: object) -> None:
+    """Critics saved before calibration existed load as uncalibrated."""
+    state.setdefault(prefix + "calibration", IDENTITY.clone())
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,8 @@ class Judged:
     """Per step: right, wrong, or unknown (no label)."""
     answer_ok: bool
     """The whole episode is right: correct answer and no wrong step."""
+    weight: float = 1.0
+    """Loss weight of its labels (human verdicts weigh more than automatic ones)."""
 
 
 def score_positions(symbols: Sequence[int]) -> tuple[list[int], int]:
@@ -96,8 +114,9 @@ def score_positions(symbols: Sequence[int]) -> tuple[list[int], int]:
     return steps, len(symbols) - 1
 
 
-def encode(examples: Sequence[Judged]) -> tuple[Tensor, Tensor, Tensor]:
-    """Padded tokens (B, L+1) and step / answer targets (B, L) (``IGNORE`` where unlabelled)."""
+def encode(examples: Sequence[Judged]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Padded tokens (B, L+1), step / answer targets (B, L) (``IGNORE`` where unlabelled) and
+    each example's loss weight (B,)."""
     rows = [format_episode(j.episode) + [EOS] for j in examples]  # one extra to read EOS
     width = -(-max(map(len, rows)) // WIDTH_BUCKET) * WIDTH_BUCKET
     tokens = torch.full((len(rows), width), EOS, dtype=torch.long)
@@ -110,18 +129,24 @@ def encode(examples: Sequence[Judged]) -> tuple[Tensor, Tensor, Tensor]:
             if ok is not None:
                 step_t[i, pos] = float(ok)
         answer_t[i, answer] = float(ex.answer_ok)
-    return tokens, step_t, answer_t
+    weight = torch.tensor([float(ex.weight) for ex in examples])
+    return tokens, step_t, answer_t, weight
 
 
 def reflection_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict]:
-    """Binary cross-entropy of the step and answer heads at their labelled positions."""
-    tokens, step_t, answer_t = batch
+    """Binary cross-entropy of the step and answer heads at their labelled positions, each
+    label weighted by its example's weight (a weighted mean)."""
+    tokens, step_t, answer_t, weight = batch
     step_logit, answer_logit = model(tokens)
     losses, metrics = [], {}
     for name, logit, target in (("step", step_logit, step_t), ("answer", answer_logit, answer_t)):
         mask = target != IGNORE
         if mask.any():
-            loss = F.binary_cross_entropy_with_logits(logit[mask].float(), target[mask])
+            w = weight[:, None].expand_as(target)[mask]
+            bce = F.binary_cross_entropy_with_logits(
+                logit[mask].float(), target[mask], reduction="none"
+            )
+            loss = (w * bce).sum() / w.sum()
             losses.append(loss)
             metrics[f"{name}_bce"] = float(loss.detach())
     return sum(losses), metrics
@@ -191,18 +216,60 @@ class Scores:
 
 
 @torch.no_grad()
-def score(reflector: Reflector, episodes: Sequence[Episode], batch: int = 64) -> list[Scores]:
+def logits(reflector: Reflector, episodes: Sequence[Episode], batch: int = 64) -> list[Tensor]:
+    """Per episode, the raw (uncalibrated) logits: one per step, then the answer's."""
     reflector.eval()
-    out: list[Scores] = []
+    out: list[Tensor] = []
     for lo in range(0, len(episodes), batch):
         chunk = [Judged(ep, (), False) for ep in episodes[lo : lo + batch]]
-        tokens, _, _ = encode(chunk)
+        tokens = encode(chunk)[0]
         step_logit, answer_logit = reflector(tokens.to(reflector.step_head.weight.device))
-        p_step, p_answer = step_logit.float().sigmoid().cpu(), answer_logit.float().sigmoid().cpu()
+        step_logit, answer_logit = step_logit.float().cpu(), answer_logit.float().cpu()
         for i, j in enumerate(chunk):
             steps, answer = score_positions(format_episode(j.episode))
-            out.append(Scores(tuple(p_step[i, steps].tolist()), float(p_answer[i, answer])))
+            out.append(torch.cat([step_logit[i, steps], answer_logit[i, answer : answer + 1]]))
     return out
+
+
+def score(reflector: Reflector, episodes: Sequence[Episode], batch: int = 64) -> list[Scores]:
+    """Calibrated probabilities: each step right so far, and the whole episode right."""
+    out = []
+    for z in logits(reflector, episodes, batch):
+        p = reflector.probability(z)
+        out.append(Scores(tuple(p[:-1].tolist()), float(p[-1])))
+    return out
+
+
+def calibrate(reflector: Reflector, examples: Sequence[Judged]) -> dict:
+    """Fit Platt scaling ``sigmoid(a * logit + b)`` of the answer score to ``examples``'
+    verdicts (human ones: examples the critic was not trained on), pulled towards the identity
+    by one pseudo-example's worth of penalty so a handful of verdicts cannot swing it far.
+    Sets ``reflector.calibration``; returns the fit."""
+    if not examples:
+        reflector.calibration.copy_(IDENTITY)
+        return {"examples": 0, "a": 1.0, "b": 0.0}
+    z = torch.stack([row[-1] for row in logits(reflector, [j.episode for j in examples])])
+    y = torch.tensor([float(j.answer_ok) for j in examples])
+    ab = IDENTITY.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([ab], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def nll() -> Tensor:
+        return F.binary_cross_entropy_with_logits(ab[0] * z + ab[1], y)
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = nll() + ((ab - IDENTITY) ** 2).sum() / len(y)
+        loss.backward()
+        return loss
+
+    with torch.no_grad():
+        before = float(F.binary_cross_entropy_with_logits(z, y))
+    opt.step(closure)
+    with torch.no_grad():
+        reflector.calibration.copy_(ab.detach())
+        after = float(nll())
+    a, b = ab.detach().tolist()
+    return {"examples": len(y), "a": a, "b": b, "bce_before": before, "bce_after": after}
 
 
 def solution_episode(question: str, sol: Solution) -> Episode:

@@ -13,7 +13,9 @@ Channels (each in [0, 1] per rollout):
   cannot be answered from what it gives, 1 for saying so and 0 for any other answer.
 
 Every channel but correctness pays only when the answer is correct (:func:`gate`): a format
-or length reward that pays on wrong answers can rise while accuracy falls.
+or length reward that pays on wrong answers can rise while accuracy falls. ``gated=False``
+gives a channel's own judgement, which is what labels episodes no verifier can check
+(:mod:`pdclm.cognition.labelling`).
 """
 
 from __future__ import annotations
@@ -62,35 +64,41 @@ def correctness(rollouts: Sequence[Rollout]) -> list[float]:
     return [float(r.correct) for r in rollouts]
 
 
-def consistency(rollouts: Sequence[Rollout]) -> list[float]:
-    """Mean of: verified share of the checkable steps, answer follows from the last derived
-    value, and the share of the group that gave the same answer (unknowns count 1/2)."""
+def group_agreement(rollouts: Sequence[Rollout]) -> list[float]:
+    """Per rollout, the share of its group that gave the same answer."""
     answers: dict[int, Counter[str]] = {}
     for r in rollouts:
         answers.setdefault(r.group, Counter())[r.solution.answer.strip()] += 1
+    return [
+        answers[r.group][r.solution.answer.strip()] / sum(answers[r.group].values())
+        for r in rollouts
+    ]
+
+
+def consistency(rollouts: Sequence[Rollout], gated: bool = True) -> list[float]:
+    """Mean of: verified share of the checkable steps, answer follows from the last derived
+    value, and the share of the group that gave the same answer (unknowns count 1/2)."""
     out = []
-    for r in rollouts:
+    for r, agree in zip(rollouts, group_agreement(rollouts), strict=True):
         checked = [ok for ok in r.verdict.steps if ok is not None]
         steps = sum(checked) / len(checked) if checked else 0.5
         follows = {True: 1.0, None: 0.5, False: 0.0}[r.verdict.answer_follows]
-        group = answers[r.group]
-        agree = group[r.solution.answer.strip()] / sum(group.values())
         out.append((steps + follows + agree) / 3)
-    return gate(out, rollouts)
+    return gate(out, rollouts) if gated else out
 
 
-def justification(rollouts: Sequence[Rollout]) -> list[float]:
+def justification(rollouts: Sequence[Rollout], gated: bool = True) -> list[float]:
     """The reflection network's mean step score (1/2 when it saw no steps)."""
     out = [sum(r.step_scores) / len(r.step_scores) if r.step_scores else 0.5 for r in rollouts]
-    return gate(out, rollouts)
+    return gate(out, rollouts) if gated else out
 
 
-def efficiency(rollouts: Sequence[Rollout]) -> list[float]:
+def efficiency(rollouts: Sequence[Rollout], gated: bool = True) -> list[float]:
     out = []
     for r in rollouts:
         room = max(1, r.budget.max_bytes)
         out.append(0.0 if r.solution.forced else max(0.0, 1 - r.solution.thinking_bytes / room))
-    return gate(out, rollouts)
+    return gate(out, rollouts) if gated else out
 
 
 def ungrounded(question: str, steps: Sequence[str], verdict: Verdict) -> tuple[int, int]:
@@ -111,7 +119,7 @@ def ungrounded(question: str, steps: Sequence[str], verdict: Verdict) -> tuple[i
     return bad, total
 
 
-def hallucination(rollouts: Sequence[Rollout]) -> list[float]:
+def hallucination(rollouts: Sequence[Rollout], gated: bool = True) -> list[float]:
     out = []
     for r in rollouts:
         if not r.answerable:
@@ -119,7 +127,7 @@ def hallucination(rollouts: Sequence[Rollout]) -> list[float]:
             continue
         bad, total = ungrounded(r.item.question, r.solution.steps, r.verdict)
         out.append(1.0 - bad / total if total else 1.0)
-    return gate(out, rollouts)
+    return gate(out, rollouts) if gated else out
 
 
 CHANNEL_FNS: dict[str, Callable[[Sequence[Rollout]], list[float]]] = {

@@ -1,5 +1,8 @@
 """``pdclm prepare``: sources (files, folders, globs, ``.jsonl``, stdin, the stdlib) to byte shards.
 
+Sources written ``human:PATH`` are human verifier examples (:mod:`pdclm.data.human`), not text:
+validated line by line into ``human.jsonl`` beside the shards.
+
 A document becomes the symbol stream ``[BOS, *bytes, EOS]``, stored as ``uint16`` in flat
 ``{split}_{n:05d}.bin`` shards; no tokenizer, so any bytes are valid input. ``manifest.json``
 records what was ingested. It is rewritten atomically after every completed shard, so a killed
@@ -284,11 +287,19 @@ def resolve_sources(
 # documents -> shards
 
 
+def text_sources(sources: list[str]) -> list[str]:
+    """The sources that become byte shards (all but ``human:`` verifier examples)."""
+    from pdclm.data.human import HUMAN_PREFIX
+
+    return [s for s in sources if not s.startswith(HUMAN_PREFIX)]
+
+
 def fingerprint(cfg: DataConfig) -> str:
-    """Hash of the settings that decide the shards' content (not their location)."""
+    """Hash of the settings that decide the shards' content (not their location; human
+    verifier examples are re-read on every ``prepare`` and do not change it)."""
     keys = {
         "version": FORMAT_VERSION,
-        "sources": list(cfg.sources),
+        "sources": text_sources(cfg.sources),
         "jsonl_field": cfg.jsonl_field,
         "max_bytes": cfg.max_bytes,
         "shard_bytes": cfg.shard_bytes,
@@ -321,7 +332,7 @@ def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
 def _new_manifest(cfg: DataConfig) -> dict[str, Any]:
     return {
         "version": FORMAT_VERSION,
-        "sources": list(cfg.sources),
+        "sources": text_sources(cfg.sources),
         "fingerprint": fingerprint(cfg),
         "settings": {
             "jsonl_field": cfg.jsonl_field,
@@ -498,11 +509,58 @@ def _ingest(
     return manifest
 
 
+def ingest_human(sources: list[str], out: Path) -> dict[str, Any]:
+    """Validate the ``human:`` sources line by line into ``out/human.jsonl`` (rewritten whole,
+    atomically, every time); each bad line is reported on stderr with its line number and
+    reason, listed in the summary, and skipped."""
+    from pdclm.data.human import HUMAN_FILE, HUMAN_PREFIX, parse_lines
+
+    paths: list[Path] = []
+    for src in sources:
+        pattern = src[len(HUMAN_PREFIX) :]
+        if os.path.isfile(pattern):
+            paths.append(Path(pattern))
+        elif any(c in pattern for c in "*?[") and (found := sorted(glob.glob(pattern))):
+            paths += [Path(m) for m in found if os.path.isfile(m)]
+        else:
+            raise DataError(f"human verifier examples not found: {pattern} (source {src})")
+    rows, skipped = [], []
+    for path in paths:
+        good, bad = parse_lines(_read_file(path))
+        rows += [ex.to_json() for ex in good]
+        for lineno, reason in bad:
+            print(f"warning: {path}:{lineno}: {reason}; line skipped", file=sys.stderr)
+            skipped.append({"line": f"{path}:{lineno}", "reason": reason})
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    atomic_write(out / HUMAN_FILE, lines.encode("utf-8", "surrogatepass"))
+    return {"sources": [str(p) for p in paths], "examples": len(rows), "skipped": skipped}
+
+
 def prepare(cfg: DataConfig, *, progress: bool = True, stdin: BinaryIO | None = None) -> dict:
-    """Build (or resume, or reuse) the shard folder ``cfg.dir``; returns its manifest."""
+    """Build (or resume, or reuse) the shard folder ``cfg.dir``, and store the human verifier
+    examples of its ``human:`` sources beside the shards; returns the manifest."""
     out = Path(cfg.dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"data.dir {out} exists and is not a folder")
+    text = text_sources(cfg.sources)
+    if len(text) == len(cfg.sources):
+        return _prepare_shards(cfg, progress, stdin)
+    manifest = _prepare_shards(cfg, progress, stdin) if text else _empty(cfg, out)
+    manifest["human"] = ingest_human([s for s in cfg.sources if s not in text], out)
+    _write_manifest(out, manifest)
+    return manifest
+
+
+def _empty(cfg: DataConfig, out: Path) -> dict[str, Any]:
+    """The manifest of a folder with human verifier examples only (no byte shards)."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = _new_manifest(cfg)
+    manifest["complete"] = True
+    return manifest
+
+
+def _prepare_shards(cfg: DataConfig, progress: bool, stdin: BinaryIO | None) -> dict[str, Any]:
+    out = Path(cfg.dir)
     manifest = read_manifest(out)
     if manifest is not None:
         if manifest.get("fingerprint") != fingerprint(cfg):
@@ -518,7 +576,7 @@ def prepare(cfg: DataConfig, *, progress: bool = True, stdin: BinaryIO | None = 
             f"{out} is not empty and is not a PD-CLM data folder (no {MANIFEST}); "
             "choose another data.dir or empty it"
         )
-    docs = resolve_sources(cfg.sources, cfg.jsonl_field, stdin, exclude=out)
+    docs = resolve_sources(text_sources(cfg.sources), cfg.jsonl_field, stdin, exclude=out)
     if cfg.max_bytes > 0:
         # Sample across the whole corpus rather than taking the first package or two.
         # a different hash than the split's: ordering by the same one would fill a capped

@@ -54,6 +54,21 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def append_jsonl_atomic(path: Path, row: dict) -> None:
+    """Add one JSON line to ``path``: the file is rewritten beside itself, flushed to disk and
+    renamed over the old one, so a kill at any moment leaves either the old file or the new
+    one, never a torn line (a plain append can leave half a line)."""
+    old = path.read_bytes() if path.exists() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(old + (json.dumps(row, ensure_ascii=False) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def save_weights(model: nn.Module, path: Path) -> None:
     """All parameters and persistent buffers as safetensors (contiguous, no shared storage)."""
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}

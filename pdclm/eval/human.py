@@ -1,0 +1,357 @@
+"""Human verdicts as the measuring stick: how often the reflection network and each reward
+channel agree with held-out human verdicts, and ``pdclm bench human``, which measures how many
+human labels the automatic reward channels' labels are worth.
+
+``bench human`` takes a pool of the policy's own episodes (a run's Phase 3 rollouts, or fresh
+samples), has each labelled through the labelling loop's ``--from-verifier`` path (the task
+verifier and the CCM's step checks stand in for the person), and splits them by question into
+a training pool and a held-out agreement set. For each number of human labels n it trains
+the reflection network from the policy's weights on n of them (in a fixed random order,
+weighted ``human.weight``; the calibration share of them fits its calibration instead), once
+alone and once with the reward channels' automatic verdicts on every pool episode added
+(weight 1), and measures agreement with the held-out verdicts beside the best constant
+verdict. The labels saved is the horizontal distance between the two curves at equal
+agreement. The automatic verdicts use no gold answer and no verifier (the verifier is the
+stand-in for the person here, so counting it as automatic would make the comparison
+circular): CCM step checks, the answer following from the steps, no made-up numbers, and
+agreement within the group of samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from pdclm.cognition.labelling import (
+    JUDGING,
+    Assessed,
+    assess,
+    candidates_for,
+    from_examples,
+    label,
+)
+from pdclm.cognition.reflection import (
+    CRITIC_FILE,
+    Judged,
+    Reflector,
+    calibrate,
+    load_reflector,
+    score,
+    train_reflector,
+)
+from pdclm.config import Config
+from pdclm.data.generators import GENERATORS
+from pdclm.data.human import HumanExample, read_examples, split_by_question
+from pdclm.eval.tasks import eval_budget, generation_context, held_out_sets
+from pdclm.model.io import find_model_dir, load_model
+from pdclm.model.pdclm import PDCLM
+from pdclm.train.checkpoint import write_json_atomic
+
+CLAIM = "several rewards → less human evaluation"
+
+
+def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Probability that a random right episode scores above a random wrong one (ties 1/2)."""
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def _rate(flags: Sequence[bool], labels: Sequence[bool]) -> float | None:
+    return sum(f == y for f, y in zip(flags, labels, strict=True)) / len(labels) if labels else None
+
+
+def _correct(ex: HumanExample) -> bool | None:
+    """The correctness channel on a human example: the generator's verifier where the question
+    parses as one of its tasks, else an exact match with the given gold answer (None without)."""
+    task = GENERATORS[ex.task].parse(ex.episode.question) if ex.task in GENERATORS else None
+    if task is not None:
+        return GENERATORS[ex.task].score(task, ex.answer) >= 1.0
+    return ex.answer.strip() == ex.gold.strip() if ex.gold else None
+
+
+def agreement(critic: Reflector, examples: Sequence[HumanExample], cfg: Config) -> dict[str, Any]:
+    """How often the critic (calibrated answer score >= threshold), each reward channel (its
+    own judgement >= 1/2) and the channels' automatic verdict agree with the human verdicts,
+    beside the best constant verdict; the critic's ranking quality as AUC."""
+    if not examples:
+        return {"examples": 0}
+    y = [ex.verdict for ex in examples]
+    t = cfg.rl.reflection.threshold
+    assessed = assess(from_examples(examples), critic, eval_budget(cfg.tasks), t)
+    right = sum(y) / len(y)
+    out: dict[str, Any] = {
+        "examples": len(y),
+        "questions": len({ex.episode.question for ex in examples}),
+        "right_share": right,
+        "constant": max(right, 1 - right),
+        "critic": _rate([a.scores.answer >= t for a in assessed], y),
+        "critic_auc": auc([a.scores.answer for a in assessed], y),
+        "automatic": _rate([a.automatic for a in assessed], y),
+    }
+    channels = {c: _rate([a.channels[c] >= 0.5 for a in assessed], y) for c in (*JUDGING,)}
+    known = [(c, v) for ex, v in zip(examples, y, strict=True) if (c := _correct(ex)) is not None]
+    channels["correctness"] = _rate([c for c, _ in known], [v for _, v in known])
+    out["channels"] = channels
+    out["correctness_examples"] = len(known)
+    return out
+
+
+# ------------------------------------------------------------------------------------ bench
+def _train_point(
+    policy: PDCLM,
+    cfg: Config,
+    train: list[Judged],
+    cal: list[Judged],
+    held: Sequence[HumanExample],
+    seed: int,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """A critic from the policy's weights, trained on ``train`` (if any) and calibrated on
+    ``cal``: its agreement with ``held``."""
+    rf = dataclasses.replace(cfg.rl.reflection, steps=cfg.human.steps)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        critic = Reflector(policy, rf.latent_layers)
+    if train:
+        train_reflector(critic, train, rf, out_dir, cfg.train.bf16, seed, cfg.train.device)
+        critic.cpu()
+    with generation_context(cfg.train.bf16):
+        fit = calibrate(critic, cal)
+        scores = [s.answer for s in score(critic, [ex.episode for ex in held])]
+    y = [ex.verdict for ex in held]
+    t = cfg.rl.reflection.threshold
+    return {"agreement": _rate([s >= t for s in scores], y), "auc": auc(scores, y), "fit": fit}
+
+
+def _first_reach(curve: list[tuple[float, float]], level: float) -> float | None:
+    """The label count at which a curve first reaches ``level`` (linear between points)."""
+    for i, (n, a) in enumerate(curve):
+        if a >= level:
+            if i == 0:
+                return n
+            n0, a0 = curve[i - 1]
+            return n0 + (n - n0) * (level - a0) / (a - a0)
+    return None
+
+
+def labels_saved(
+    alone: list[tuple[float, float]], added: list[tuple[float, float]]
+) -> list[dict[str, Any]]:
+    """At each agreement the curve with the channels' labels reaches, the human labels the
+    curve without them needs for it, and the difference (None where it never gets there)."""
+    out = []
+    for n, a in added:
+        needs = _first_reach(alone, a)
+        out.append(
+            {
+                "agreement": a,
+                "with_channels": _first_reach(added, a),
+                "human_only": needs,
+                "saved": None if needs is None else needs - _first_reach(added, a),
+            }
+        )
+    return out
+
+
+def _claim(curves: dict[str, list[tuple[float, float]]], constant: float, source: str) -> dict:
+    """The claims-table row: human labels needed to reach the best agreement the human-only
+    critic reaches, with the channels' labels against without."""
+    alone, added = curves["human only"], curves["human + reward channels"]
+    target = max(a for _, a in alone)
+    n_alone, n_added = _first_reach(alone, target), _first_reach(added, target)
+    if target <= constant:
+        verdict = "not measurable at this size"  # the human-only critic is no better than constant
+    elif n_added is not None and n_added < (n_alone or 0):
+        verdict = "holds"
+    else:
+        verdict = "does not hold"
+    return {
+        "claim": CLAIM,
+        "measure": (
+            f"human labels the reflection network needs to agree with {target:.3f} of held-out "
+            f"verdicts (constant verdict: {constant:.3f}), with the reward channels' labels "
+            "(pdclm) vs without (baseline)"
+        ),
+        "pdclm": n_added,
+        "baseline": n_alone,
+        "ratio": n_added / n_alone if n_added is not None and n_alone else None,
+        "verdict": verdict,
+        "source": source,
+    }
+
+
+def bench_human(
+    cfg: Config, ckpt: str | None, out: Path | None = None, json_path: str | None = None
+) -> dict[str, Any]:
+    """``pdclm bench human``: see the module docstring. Without ``ckpt`` it first trains a run
+    of the configured phases but Phase 3 (whose model the episodes are sampled from)."""
+    from pdclm.pipeline import run_phases
+
+    t_start = time.perf_counter()
+    out = out or Path("runs") / f"bench-human-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    if ckpt is None:
+        run_dir = out / "run"
+        phases = [p for p in cfg.phases if p != "reflective"]
+        run_phases(cfg, run_dir, resume=True, progress=True, only=phases)
+        model_dir = find_model_dir(run_dir)
+    else:
+        model_dir = find_model_dir(ckpt)
+        run_dir = model_dir.parent
+    policy, _ = load_model(model_dir)
+    policy.eval()
+    rf = cfg.rl.reflection
+    if (model_dir / CRITIC_FILE).exists():
+        ranker = load_reflector(policy, rf.latent_layers, model_dir)
+    else:
+        ranker = Reflector(policy, rf.latent_layers).eval()
+
+    # the pool: the policy's episodes, each with a verdict written by the labelling loop
+    exclude = {it.question for items in held_out_sets(cfg.tasks).values() for it in items}
+    candidates = candidates_for(run_dir, policy, cfg, exclude, cfg.train.seed, False)
+    with generation_context(cfg.train.bf16):
+        assessed = assess(candidates, ranker, eval_budget(cfg.tasks), rf.threshold)
+    verdicts = out / "verdicts.jsonl"
+    verdicts.unlink(missing_ok=True)
+    stats = label(assessed, verdicts, "verifier", from_verifier=True)
+    examples = read_examples(verdicts)
+    by_key: dict[str, Assessed] = {a.candidate.key: a for a in assessed}
+    train_part, cal_part, held = split_by_question(
+        examples, cfg.human.holdout, cfg.human.calibration
+    )
+    pool = train_part + cal_part
+    in_cal = {id(ex) for ex in cal_part}
+    automatic = {ex.key: by_key[ex.key].automatic_label() for ex in pool}
+
+    baseline = agreement(ranker, held, cfg)  # constant verdict and every channel on held-out
+    counts = sorted({min(n, len(pool)) for n in cfg.human.counts})
+    variants = ("human only", "human + reward channels")
+    points: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    bar = tqdm(total=len(counts) * len(variants) * cfg.human.seeds, desc="bench human")
+    for s in range(cfg.human.seeds):
+        order = list(pool)
+        random.Random(f"human-order:{s}").shuffle(order)
+        for n in counts:
+            chosen = order[:n]
+            human_train = [ex.judged(cfg.human.weight) for ex in chosen if id(ex) not in in_cal]
+            cal = [ex.judged() for ex in chosen if id(ex) in in_cal]
+            labelled = {ex.key for ex in chosen}
+            auto = [j for k, j in automatic.items() if k not in labelled]
+            for v in variants:
+                train = human_train + (auto if v == variants[1] else [])
+                seed = cfg.train.seed * 7919 + s
+                r = _train_point(policy, cfg, train, cal, held, seed, out / "critic")
+                points[v].append({"labels": n, "seed": s, "train_examples": len(train), **r})
+                bar.update()
+    bar.close()
+
+    curves = {}
+    for v in variants:
+        mean = []
+        for n in counts:
+            vals = [p["agreement"] for p in points[v] if p["labels"] == n]
+            mean.append((float(n), sum(vals) / len(vals)))
+        curves[v] = mean
+    constant = baseline.get("constant", 1.0)
+    source = json_path or str(out / "bench_human.json")
+    result = {
+        "run": str(run_dir),
+        "episodes": len(candidates),
+        "labelled": stats,
+        "pool": {
+            "train": len(train_part),
+            "calibration": len(cal_part),
+            "questions": len({ex.episode.question for ex in pool}),
+        },
+        "held_out": baseline,
+        "held_out_disjoint_by_question": not (
+            {ex.episode.question for ex in pool} & {ex.episode.question for ex in held}
+        ),
+        "automatic_labels": {
+            "pool": len(automatic),
+            "right_share": sum(j.answer_ok for j in automatic.values()) / max(1, len(automatic)),
+            "agree_with_verdicts": _rate(
+                [automatic[ex.key].answer_ok for ex in pool], [ex.verdict for ex in pool]
+            ),
+        },
+        "settings": {
+            "counts": counts,
+            "seeds": cfg.human.seeds,
+            "critic_steps": cfg.human.steps,
+            "human_weight": cfg.human.weight,
+            "calibration_share": cfg.human.calibration,
+            "holdout_share": cfg.human.holdout,
+        },
+        "points": points,
+        "curves": {v: [{"labels": n, "agreement": a} for n, a in c] for v, c in curves.items()},
+        "labels_saved": labels_saved(curves[variants[0]], curves[variants[1]]),
+        "claims": [_claim(curves, constant, source)],
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    plot_human(result, out / "bench_human.png")
+    if json_path:
+        plot_human(result, Path(json_path).with_suffix(".png"))
+    write_json_atomic(out / "bench_human.json", result)
+    print(summary(result))
+    return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    h = result["held_out"]
+    lines = [
+        f"held-out: {h.get('examples', 0)} verdicts on {h.get('questions', 0)} questions, "
+        f"constant verdict agrees {h.get('constant', float('nan')):.3f}",
+        "| human labels | " + " | ".join(result["curves"]) + " |",
+        "| --- | --- | --- |",
+    ]
+    rows = zip(*result["curves"].values(), strict=True)
+    for a, b in rows:
+        lines.append(f"| {a['labels']:.0f} | {a['agreement']:.3f} | {b['agreement']:.3f} |")
+    c = result["claims"][0]
+    lines.append(f"{c['claim']}: {c['verdict']} ({c['measure']}: {c['pdclm']} vs {c['baseline']})")
+    return "\n".join(lines)
+
+
+def plot_human(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for (name, curve), style in zip(result["curves"].items(), ("o-", "s-"), strict=True):
+        ax.plot([p["labels"] for p in curve], [p["agreement"] for p in curve], style, label=name)
+    constant = result["held_out"].get("constant")
+    if constant is not None:
+        ax.axhline(constant, color="grey", ls="--", lw=1, label="constant verdict")
+    c = result["claims"][0]
+    if c["pdclm"] is not None and c["baseline"] is not None:
+        level = max(p["agreement"] for p in result["curves"]["human only"])
+        ax.annotate(
+            "",
+            xy=(max(c["pdclm"], 1e-9), level),
+            xytext=(c["baseline"], level),
+            arrowprops={"arrowstyle": "->", "color": "C2"},
+        )
+        ax.text(
+            c["baseline"], level, f"  {c['baseline'] - c['pdclm']:.0f} labels saved", fontsize=8
+        )
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlabel("human labels the reflection network trained on")
+    ax.set_ylabel("agreement with held-out verdicts")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
