@@ -8,7 +8,7 @@ beside the byte shards. ``pdclm label`` writes the same format.
 One line (fields in any order; ``?`` marks optional ones)::
 
     {"question": "Calculate 7 + 5.",        the question as the model saw it
-     "context"?: "...",                      given context (the model saw context, newline, question)
+     "context"?: "...",                      given context (shown before the question)
      "thinking": ["7 + 5 = 12"],             the steps, one line each ([] for none)
      "answer": "12",
      "verdict": "right",                     "right" or "wrong": the whole episode

@@ -151,15 +151,11 @@ def labels_saved(
     """At each agreement the curve with the channels' labels reaches, the human labels the
     curve without them needs for it, and the difference (None where it never gets there)."""
     out = []
-    for n, a in added:
-        needs = _first_reach(alone, a)
+    for _, a in added:
+        needs, with_channels = _first_reach(alone, a), _first_reach(added, a)
+        saved = None if needs is None or with_channels is None else needs - with_channels
         out.append(
-            {
-                "agreement": a,
-                "with_channels": _first_reach(added, a),
-                "human_only": needs,
-                "saved": None if needs is None else needs - _first_reach(added, a),
-            }
+            {"agreement": a, "with_channels": with_channels, "human_only": needs, "saved": saved}
         )
     return out
 
