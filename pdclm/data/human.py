@@ -192,6 +192,12 @@ def read_examples(path: Path, warn: bool = True) -> list[HumanExample]:
     return good
 
 
+def stored_examples(data_dir: str | Path) -> list[HumanExample]:
+    """The examples ``prepare`` stored in a data folder (none if it stored none)."""
+    path = Path(data_dir) / HUMAN_FILE
+    return read_examples(path) if path.exists() else []
+
+
 def split_by_question(
     examples: list[HumanExample], holdout: float, calibration: float
 ) -> tuple[list[HumanExample], list[HumanExample], list[HumanExample]]:

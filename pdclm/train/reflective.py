@@ -40,6 +40,7 @@ from pdclm.cognition.reflection import (
     CRITIC_FILE,
     Judged,
     Reflector,
+    calibrate,
     gold_pair,
     judge,
     score,
@@ -49,6 +50,7 @@ from pdclm.cognition.reflection import (
 from pdclm.cognition.rewards import CHANNELS, Rollout, advantages, score_channels
 from pdclm.config import Config, ConfigError
 from pdclm.data.episodes import Episode
+from pdclm.data.human import HumanExample, split_by_question, stored_examples
 from pdclm.data.tasks import (
     Curriculum,
     Item,
@@ -57,6 +59,7 @@ from pdclm.data.tasks import (
     unanswerable,
     verify,
 )
+from pdclm.eval.human import agreement
 from pdclm.eval.reflection import (
     plot_reward_channels,
     reflection_quality,
@@ -86,12 +89,22 @@ STATS = (*CHANNELS, "thinking_bytes", "informative_groups", "unanswerable_said")
 
 
 class Critics:
-    """The reflection network's versions: version v serves updates v*reflect_every onward."""
+    """The reflection network's versions: version v serves updates v*reflect_every onward.
+    Human verdicts (``human``: training and calibration parts) join every training, weighted
+    ``human.weight``, and calibrate every version."""
 
     def __init__(
-        self, cfg: Config, folder: Path, policy: PDCLM, exclude: set[str], progress: bool
+        self,
+        cfg: Config,
+        folder: Path,
+        policy: PDCLM,
+        exclude: set[str],
+        progress: bool,
+        human: tuple[list[HumanExample], list[HumanExample]] = ([], []),
     ) -> None:
         self.cfg, self.folder, self.policy, self.exclude = cfg, folder, policy, exclude
+        self.human_train = [ex.judged(cfg.human.weight) for ex in human[0]]
+        self.human_cal = [ex.judged() for ex in human[1]]
         self.progress = progress and parallel.is_main()
         folder.mkdir(parents=True, exist_ok=True)
         self.loaded: tuple[int, Reflector] | None = None
@@ -114,7 +127,7 @@ class Critics:
         else:
             if v and self.path(v - 1).exists():
                 load_weights(critic, self.path(v - 1))
-            examples = self.gold(v) + rollouts()
+            examples = self.gold(v) + rollouts() + self.human_train
             stats = train_reflector(
                 critic,
                 examples,
@@ -125,6 +138,9 @@ class Critics:
                 self.cfg.train.device,
             )
             critic.cpu()
+            if self.human_cal:
+                with generation_context(self.cfg.train.bf16):
+                    stats["calibration"] = calibrate(critic, self.human_cal)
             if parallel.is_main():  # every rank trained the same critic
                 tmp = self.path(v).with_suffix(".tmp")
                 save_weights(critic, tmp)
@@ -371,7 +387,10 @@ class Reflective:
 
         sets = held_out_sets(cfg.tasks)
         exclude = {it.question for items in sets.values() for it in items}
-        critics = Critics(cfg, folder / "critic", policy, exclude, ctx.progress)
+        human = split_by_question(
+            stored_examples(cfg.data.dir), cfg.human.holdout, cfg.human.calibration
+        )
+        critics = Critics(cfg, folder / "critic", policy, exclude, ctx.progress, human[:2])
         data = RolloutBatches(cfg, folder / "rollouts", policy, reference, critics, exclude)
         tcfg = dataclasses.replace(
             cfg.train,
@@ -401,7 +420,15 @@ class Reflective:
         if parallel.is_main():
             save_model(policy, cfg, run_dir / "model")
             save_weights(critic, run_dir / "model" / CRITIC_FILE)  # for `solve --reflect`
-        return self.evaluate(ctx, policy, critic, sets, result, critics)
+        out = self.evaluate(ctx, policy, critic, sets, result, critics)
+        if any(human):  # how the critic and each channel agree with held-out human verdicts
+            with generation_context(cfg.train.bf16):
+                out["human"] = {
+                    "train": len(human[0]),
+                    "calibration": len(human[1]),
+                    "held_out": agreement(critic, human[2], cfg),
+                }
+        return out
 
     def evaluate(
         self,
