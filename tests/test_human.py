@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_reflective import _tiny_model
 
 from pdclm.cli import main
 from pdclm.cognition import labelling
@@ -29,7 +30,6 @@ from pdclm.data.episodes import Episode, format_episode
 from pdclm.data.human import HumanExample, parse_lines, read_examples, split_by_question
 from pdclm.data.tasks import make_source, training_items
 from pdclm.eval.tasks import eval_budget
-from pdclm.model.pdclm import PDCLM
 from pdclm.train import checkpoint
 
 
@@ -97,18 +97,11 @@ def test_a_right_verdict_labels_every_step_and_splits_never_share_a_question():
     assert not (qs[0] & qs[1] or qs[0] & qs[2] or qs[1] & qs[2])
 
 
-def _tiny_policy() -> PDCLM:
-    cfg = load_preset("tiny")
-    cfg.pse.patcher.rule = "whitespace"
-    torch.manual_seed(0)
-    return PDCLM(cfg.pse, cfg.model)
-
-
 def test_weighted_labels_and_calibration():
     ep = Episode("q?", ("1 + 1 = 2",), "2")
     batch = encode([Judged(ep, (True,), True, 1.0), Judged(ep, (False,), False, 3.0)])
     assert batch[3].tolist() == [1.0, 3.0]
-    critic = Reflector(_tiny_policy(), 1)
+    critic = Reflector(_tiny_model(), 1)
     loss, _ = reflection_loss(critic, batch)
     # the same episode labelled right (weight 1) and wrong (weight 3): a 1:3 weighted mean
     step_logit, answer_logit = critic(batch[0])
@@ -128,7 +121,7 @@ def test_weighted_labels_and_calibration():
     low, high = min(range(40), key=raw.__getitem__), max(range(40), key=raw.__getitem__)
     assert cal[low] > cal[high]  # the calibrated order follows the verdicts
     state = {k: v.clone() for k, v in critic.state_dict().items()}
-    again = Reflector(_tiny_policy(), 1)
+    again = Reflector(_tiny_model(), 1)
     again.load_state_dict(state)
     assert torch.equal(again.calibration, critic.calibration)
     del state["calibration"]  # a critic saved before calibration existed loads uncalibrated
@@ -172,7 +165,7 @@ def _pool(n: int = 6) -> list[Assessed]:
         for answer in (it.answer, str(int(it.answer) + 1)):
             sol = Solution(it.question, it.steps, answer, False, 10)
             cands.append(Candidate(it, sol, g, answer == it.answer, f"pool:{g}"))
-    return assess(cands, Reflector(_tiny_policy(), 1), eval_budget(cfg.tasks))
+    return assess(cands, Reflector(_tiny_model(), 1), eval_budget(cfg.tasks))
 
 
 def test_an_interrupted_labelling_session_keeps_every_verdict_and_resumes(tmp_path, monkeypatch):
@@ -238,9 +231,10 @@ def test_bench_human_runs_end_to_end_on_the_tiny_preset(tmp_path, corpus):
     assert (tmp_path / "human.png").exists() and (out / "bench_human.png").exists()
     assert result["held_out_disjoint_by_question"]
     counts = result["settings"]["counts"]
-    for curve in result["curves"].values():
-        assert [p["labels"] for p in curve] == counts
-        assert all(0 <= p["agreement"] <= 1 for p in curve)
+    for metric in ("auc", "agreement"):
+        for curve in result["curves"][metric].values():
+            assert [p["labels"] for p in curve] == counts
+            assert all(p["mean"] is None or 0 <= p["mean"] <= 1 for p in curve)
     held = result["held_out"]
     assert held["examples"] > 0 and held["constant"] >= 0.5
     verdicts = read_examples(out / "verdicts.jsonl")
@@ -250,3 +244,25 @@ def test_bench_human_runs_end_to_end_on_the_tiny_preset(tmp_path, corpus):
     assert claim["claim"] == "several rewards → less human evaluation"
     assert claim["verdict"] in ("holds", "does not hold", "not measurable at this size")
     assert Path(result["run"]).name == "run"
+    # the verdicts, prepared as human examples, join Phase 3 of the bench's run
+    data = ["--data.dir", str(tmp_path / "data"), "--data.sources", str(corpus)]
+    human = f"human:{out / 'verdicts.jsonl'}"
+    assert main(["prepare", "--preset", "tiny", *data, human, "--no-progress"]) == 0
+    assert len(read_examples(tmp_path / "data" / "human.jsonl")) == len(verdicts)
+    p3 = tmp_path / "p3.json"
+    run = ["train", "reflective", "--preset", "tiny", "--resume", result["run"], *data, human]
+    assert main([*run, "--no-progress", "--json", str(p3)]) == 0
+    report = json.loads(p3.read_text())["phase3"]
+    h = report["human"]
+    assert h["train"] + h["calibration"] + h["held_out"]["examples"] == len(verdicts)
+    assert h["held_out"]["constant"] >= 0.5 and "consistency" in h["held_out"]["channels"]
+    trained = report["critic_trainings"][0]
+    assert trained["examples"] >= h["train"]
+    assert ("calibration" in trained) == (h["calibration"] > 0)
+    # pdclm label on that run's Phase 3 rollouts: a rerun continues where the first stopped
+    labels = tmp_path / "labels.jsonl"
+    cmd = ["label", "--preset", "tiny", "--ckpt", result["run"], "--from-verifier"]
+    cmd += ["--limit", "3", "--file", str(labels)]
+    assert main(cmd) == 0 and len(read_examples(labels)) == 3
+    assert main(cmd) == 0
+    assert len({ex.key for ex in read_examples(labels)}) == 6

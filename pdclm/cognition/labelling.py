@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from pdclm.cognition.ccm import Budget, Solution, check
-from pdclm.cognition.reflection import Judged, Reflector, Scores, judge, score
+from pdclm.cognition.reflection import Judged, Reflector, Scores, judge, load_reflector, score
 from pdclm.cognition.rewards import (
     Rollout,
     consistency,
@@ -42,7 +42,8 @@ from pdclm.data.episodes import Episode
 from pdclm.data.generators import GENERATORS
 from pdclm.data.human import HumanExample, episode_key, read_examples
 from pdclm.data.tasks import UNANSWERABLE, Item, make_source, training_items
-from pdclm.eval.tasks import eval_budget, generation_context, run_items
+from pdclm.eval.tasks import eval_budget, generation_context, held_out_sets, run_items
+from pdclm.model.io import find_model_dir, load_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.train.checkpoint import append_jsonl_atomic
 
@@ -373,10 +374,6 @@ def label_command(
 ) -> dict[str, Any]:
     """``pdclm label``: load a run's model and reflection network, gather its episodes, and
     run the loop (verdicts into ``file``, default ``RUN/human_verdicts.jsonl``)."""
-    from pdclm.cognition.reflection import load_reflector
-    from pdclm.eval.tasks import held_out_sets
-    from pdclm.model.io import find_model_dir, load_model
-
     model_dir = find_model_dir(ckpt)
     policy, saved = load_model(model_dir)
     policy.eval()

@@ -134,50 +134,99 @@ def _train_point(
     return {"agreement": _rate([s >= t for s in scores], y), "auc": auc(scores, y), "fit": fit}
 
 
-def _first_reach(curve: list[tuple[float, float]], level: float) -> float | None:
+METRICS = {
+    "auc": "ranking agreement (AUC)",
+    "agreement": "agreement at the threshold",
+}
+"""What each point measures on the held-out verdicts. AUC, the share of (right, wrong) verdict
+pairs the critic scores in the person's order, is the headline: a constant verdict has 0.5
+whatever the share of right episodes, whereas plain agreement is dominated by that share when
+most episodes are wrong (a constant "wrong" then agrees with most verdicts)."""
+CHANCE = {"auc": 0.5}
+
+
+def _first_reach(curve: list[tuple[float, float | None]], level: float) -> float | None:
     """The label count at which a curve first reaches ``level`` (linear between points)."""
-    for i, (n, a) in enumerate(curve):
+    prev = None
+    for n, a in curve:
+        if a is None:
+            continue
         if a >= level:
-            if i == 0:
+            if prev is None:
                 return n
-            n0, a0 = curve[i - 1]
+            n0, a0 = prev
             return n0 + (n - n0) * (level - a0) / (a - a0)
+        prev = (n, a)
     return None
 
 
-def labels_saved(
-    alone: list[tuple[float, float]], added: list[tuple[float, float]]
-) -> list[dict[str, Any]]:
-    """At each agreement the curve with the channels' labels reaches, the human labels the
-    curve without them needs for it, and the difference (None where it never gets there)."""
+def curves(points: dict[str, list[dict[str, Any]]], metric: str) -> dict[str, list[dict]]:
+    """Per variant and label count: the mean, min and max of ``metric`` over the seeds."""
+    out: dict[str, list[dict]] = {}
+    for variant, rows in points.items():
+        out[variant] = []
+        for n in sorted({p["labels"] for p in rows}):
+            vals = [p[metric] for p in rows if p["labels"] == n and p[metric] is not None]
+            mean = sum(vals) / len(vals) if vals else None
+            out[variant].append(
+                {
+                    "labels": n,
+                    "mean": mean,
+                    "min": min(vals, default=None),
+                    "max": max(vals, default=None),
+                }
+            )
+    return out
+
+
+def _xy(curve: list[dict]) -> list[tuple[float, float | None]]:
+    return [(float(p["labels"]), p["mean"]) for p in curve]
+
+
+def labels_saved(alone: list[dict], added: list[dict]) -> list[dict[str, Any]]:
+    """At each value the curve with the channels' labels reaches, the human labels each curve
+    needs for it, and the difference (None where the human-only curve never gets there)."""
     out = []
-    for _, a in added:
-        needs, with_channels = _first_reach(alone, a), _first_reach(added, a)
+    for p in added:
+        if p["mean"] is None:
+            continue
+        needs, with_channels = (
+            _first_reach(_xy(alone), p["mean"]),
+            _first_reach(_xy(added), p["mean"]),
+        )
         saved = None if needs is None or with_channels is None else needs - with_channels
         out.append(
-            {"agreement": a, "with_channels": with_channels, "human_only": needs, "saved": saved}
+            {
+                "value": p["mean"],
+                "with_channels": with_channels,
+                "human_only": needs,
+                "saved": saved,
+            }
         )
     return out
 
 
-def _claim(curves: dict[str, list[tuple[float, float]]], constant: float, source: str) -> dict:
-    """The claims-table row: human labels needed to reach the best agreement the human-only
-    critic reaches, with the channels' labels against without."""
-    alone, added = curves["human only"], curves["human + reward channels"]
-    target = max(a for _, a in alone)
-    n_alone, n_added = _first_reach(alone, target), _first_reach(added, target)
-    if target <= constant:
-        verdict = "not measurable at this size"  # the human-only critic is no better than constant
-    elif n_added is not None and n_added < (n_alone or 0):
+def _claim(curve: dict[str, list[dict]], metric: str, chance: float, source: str) -> dict:
+    """The claims-table row: the human labels the critic needs to reach what the human-only
+    critic reaches with every label of the pool, with the channels' labels against without."""
+    alone, added = curve["human only"], curve["human + reward channels"]
+    target = alone[-1]["mean"]
+    n_alone = _first_reach(_xy(alone), target) if target is not None else None
+    n_added = _first_reach(_xy(added), target) if target is not None else None
+    if target is None or target <= chance:
+        verdict = "not measurable at this size"  # with every label it is no better than chance
+    elif n_added is not None and n_alone is not None and n_added < n_alone:
         verdict = "holds"
     else:
         verdict = "does not hold"
+    level = "n/a" if target is None else f"{target:.3f}"
     return {
         "claim": CLAIM,
         "measure": (
-            f"human labels the reflection network needs to agree with {target:.3f} of held-out "
-            f"verdicts (constant verdict: {constant:.3f}), with the reward channels' labels "
-            "(pdclm) vs without (baseline)"
+            f"human labels the reflection network needs to reach a {METRICS[metric]} of {level} "
+            f"with held-out human verdicts (what it reaches with all {alone[-1]['labels']} pool "
+            f"labels; chance {chance:.3f}), with the reward channels' labels (pdclm) vs "
+            "without (baseline)"
         ),
         "pdclm": n_added,
         "baseline": n_alone,
@@ -252,14 +301,8 @@ def bench_human(
                 bar.update()
     bar.close()
 
-    curves = {}
-    for v in variants:
-        mean = []
-        for n in counts:
-            vals = [p["agreement"] for p in points[v] if p["labels"] == n]
-            mean.append((float(n), sum(vals) / len(vals)))
-        curves[v] = mean
-    constant = baseline.get("constant", 1.0)
+    chance = {**CHANCE, "agreement": baseline.get("constant", 1.0)}
+    per_metric = {m: curves(points, m) for m in METRICS}
     source = json_path or str(out / "bench_human.json")
     result = {
         "run": str(run_dir),
@@ -290,9 +333,12 @@ def bench_human(
             "holdout_share": cfg.human.holdout,
         },
         "points": points,
-        "curves": {v: [{"labels": n, "agreement": a} for n, a in c] for v, c in curves.items()},
-        "labels_saved": labels_saved(curves[variants[0]], curves[variants[1]]),
-        "claims": [_claim(curves, constant, source)],
+        "chance": chance,
+        "curves": per_metric,
+        "labels_saved": {
+            m: labels_saved(c[variants[0]], c[variants[1]]) for m, c in per_metric.items()
+        },
+        "claims": [_claim(per_metric["auc"], "auc", chance["auc"], source)],
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     plot_human(result, out / "bench_human.png")
@@ -305,17 +351,20 @@ def bench_human(
 
 def summary(result: dict[str, Any]) -> str:
     h = result["held_out"]
+    variants = list(result["points"])
     lines = [
-        f"held-out: {h.get('examples', 0)} verdicts on {h.get('questions', 0)} questions, "
-        f"constant verdict agrees {h.get('constant', float('nan')):.3f}",
-        "| human labels | " + " | ".join(result["curves"]) + " |",
-        "| --- | --- | --- |",
+        f"held-out: {h.get('examples', 0)} verdicts on {h.get('questions', 0)} questions "
+        f"({h.get('right_share', 0):.0%} right); constant verdict agrees "
+        f"{h.get('constant', float('nan')):.3f}",
+        "| human labels | " + " | ".join(f"{m}: {v}" for m in METRICS for v in variants) + " |",
+        "|" + " --- |" * (1 + len(METRICS) * len(variants)),
     ]
-    rows = zip(*result["curves"].values(), strict=True)
-    for a, b in rows:
-        lines.append(f"| {a['labels']:.0f} | {a['agreement']:.3f} | {b['agreement']:.3f} |")
+    cells = [result["curves"][m][v] for m in METRICS for v in variants]
+    for row in zip(*cells, strict=True):
+        values = ["-" if p["mean"] is None else f"{p['mean']:.3f}" for p in row]
+        lines.append(f"| {row[0]['labels']} | " + " | ".join(values) + " |")
     c = result["claims"][0]
-    lines.append(f"{c['claim']}: {c['verdict']} ({c['measure']}: {c['pdclm']} vs {c['baseline']})")
+    lines.append(f"{c['claim']}: {c['verdict']} ({c['pdclm']} vs {c['baseline']} labels)")
     return "\n".join(lines)
 
 
@@ -325,29 +374,35 @@ def plot_human(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for (name, curve), style in zip(result["curves"].items(), ("o-", "s-"), strict=True):
-        ax.plot([p["labels"] for p in curve], [p["agreement"] for p in curve], style, label=name)
-    constant = result["held_out"].get("constant")
-    if constant is not None:
-        ax.axhline(constant, color="grey", ls="--", lw=1, label="constant verdict")
-    c = result["claims"][0]
-    if c["pdclm"] is not None and c["baseline"] is not None:
-        level = max(p["agreement"] for p in result["curves"]["human only"])
-        ax.annotate(
-            "",
-            xy=(max(c["pdclm"], 1e-9), level),
-            xytext=(c["baseline"], level),
-            arrowprops={"arrowstyle": "->", "color": "C2"},
-        )
-        ax.text(
-            c["baseline"], level, f"  {c['baseline'] - c['pdclm']:.0f} labels saved", fontsize=8
-        )
-    ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlabel("human labels the reflection network trained on")
-    ax.set_ylabel("agreement with held-out verdicts")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(11, 4))
+    for ax, (metric, title) in zip(axes, METRICS.items(), strict=True):
+        for (name, curve), style in zip(result["curves"][metric].items(), "os", strict=True):
+            pts = [p for p in curve if p["mean"] is not None]
+            xs = [p["labels"] for p in pts]
+            ax.plot(xs, [p["mean"] for p in pts], f"{style}-", label=name)
+            ax.fill_between(xs, [p["min"] for p in pts], [p["max"] for p in pts], alpha=0.15)
+        chance = result["chance"][metric]
+        label = "constant verdict" if metric == "agreement" else "chance / constant verdict"
+        ax.axhline(chance, color="grey", ls="--", lw=1, label=label)
+        c = result["claims"][0]
+        if metric == "auc" and c["pdclm"] is not None and c["baseline"] is not None:
+            level = result["curves"][metric]["human only"][-1]["mean"]
+            ax.annotate(
+                f"{c['baseline'] - c['pdclm']:.0f} labels saved",
+                xy=(c["pdclm"], level),
+                xytext=(c["baseline"], level),
+                fontsize=8,
+                ha="right",
+                va="bottom",
+                arrowprops={"arrowstyle": "->", "color": "C2"},
+            )
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(0, max(10, max(p["labels"] for p in curve)) * 1.2)
+        ax.set_xlabel("human labels the reflection network trained on")
+        ax.set_ylabel(f"{title} with held-out verdicts")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("reflection network vs held-out verdicts (band: min-max over seeds)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
