@@ -251,7 +251,8 @@ def test_bench_human_runs_end_to_end_on_the_tiny_preset(tmp_path, corpus):
     assert len(read_examples(tmp_path / "data" / "human.jsonl")) == len(verdicts)
     p3 = tmp_path / "p3.json"
     run = ["train", "reflective", "--preset", "tiny", "--resume", result["run"], *data, human]
-    assert main([*run, "--no-progress", "--json", str(p3)]) == 0
+    small = ["--rl.steps", "2", "--rl.robustness-items", "1", "--tasks.sweep-items", "2"]
+    assert main([*run, *small, "--no-progress", "--json", str(p3)]) == 0
     report = json.loads(p3.read_text())["phase3"]
     h = report["human"]
     assert h["train"] + h["calibration"] + h["held_out"]["examples"] == len(verdicts)

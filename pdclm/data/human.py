@@ -37,8 +37,6 @@ from typing import Any
 from pdclm.cognition.reflection import Judged
 from pdclm.data.episodes import Episode, with_context
 
-HUMAN_PREFIX = "human:"
-"""``pdclm prepare`` reads a source written ``human:PATH`` as human verifier examples."""
 HUMAN_FILE = "human.jsonl"
 """Where ``prepare`` stores the validated examples, inside ``data.dir``."""
 VERDICTS = {"right": True, "wrong": False}

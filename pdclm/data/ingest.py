@@ -38,6 +38,8 @@ FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 SHARD_RE = re.compile(r"(train|val)_\d{5}\.bin")
+HUMAN_PREFIX = "human:"
+"""A source written ``human:PATH`` holds human verifier examples (:mod:`pdclm.data.human`)."""
 
 
 class DataError(Exception):
@@ -289,8 +291,6 @@ def resolve_sources(
 
 def text_sources(sources: list[str]) -> list[str]:
     """The sources that become byte shards (all but ``human:`` verifier examples)."""
-    from pdclm.data.human import HUMAN_PREFIX
-
     return [s for s in sources if not s.startswith(HUMAN_PREFIX)]
 
 
@@ -513,7 +513,7 @@ def ingest_human(sources: list[str], out: Path) -> dict[str, Any]:
     """Validate the ``human:`` sources line by line into ``out/human.jsonl`` (rewritten whole,
     atomically, every time); each bad line is reported on stderr with its line number and
     reason, listed in the summary, and skipped."""
-    from pdclm.data.human import HUMAN_FILE, HUMAN_PREFIX, parse_lines
+    from pdclm.data.human import HUMAN_FILE, parse_lines
 
     paths: list[Path] = []
     for src in sources:
