@@ -390,6 +390,7 @@ class Reflective:
         human = split_by_question(
             stored_examples(cfg.data.dir), cfg.human.holdout, cfg.human.calibration
         )
+        exclude |= {ex.episode.question for ex in human[2]}  # the agreement set stays unseen
         critics = Critics(cfg, folder / "critic", policy, exclude, ctx.progress, human[:2])
         data = RolloutBatches(cfg, folder / "rollouts", policy, reference, critics, exclude)
         tcfg = dataclasses.replace(
