@@ -161,15 +161,11 @@ def test_every_bench_runs_end_to_end_on_tiny(tmp_path, corpus):
     """pretrain (every model, spawned), generate and noise on its saved models, scaling at
     three sizes: one folder, each JSON with every field, the claims table from them."""
     from pdclm.cli import main
+    from tests.test_pipeline import common
 
     out = tmp_path / "b"
     args = [
-        "--preset",
-        "tiny",
-        "--data.dir",
-        str(tmp_path / "data"),
-        "--data.sources",
-        str(corpus),
+        *common(tmp_path, corpus)[:-1],  # no --no-progress: bench shows the trainers' bars
         "--bench.seconds",
         "1",
         "--bench.scaling-seconds",

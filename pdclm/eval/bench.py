@@ -204,18 +204,24 @@ def build_arm(name: str, cfg: Config, out_dir: Path, prep: dict[str, Any]) -> Ar
     t = cfg.train
     train, val = ShardSet.open(cfg.data.dir, "train"), ShardSet.open(cfg.data.dir, "val")
     lat = cfg.model.latent
-    if name.startswith("pdclm"):
-        acfg = arm_config(cfg, name, prep)
-        torch.manual_seed(t.seed)  # every PD-CLM arm starts from the same weights
-        model = PDCLM(acfg.pse, acfg.model)
-        pse, _ = load_model(out_dir / "pse")
-        model.entropy.load_state_dict(pse.entropy.state_dict())
-        model.threshold.fill_(prep["threshold"])
-        tag = prep["tag"]
+    if name.startswith("pdclm") or name == "byte":
+        tag = prep["tag"] if name != "byte" else None  # PD-CLM reads the stored profiles
         sampler = BatchSampler(train, t.seq_len, t.batch, t.seed, tag)
         val_batches = held_out_batches(val, t.seq_len, t.batch, t.eval_batches, tag)
-        with torch.no_grad():
-            mean_patch = mean_patch_length(model.patch(*val_batches[0]))
+        if name == "byte":
+            target = pdclm_target(cfg)
+            model = matched_transformer(target, lat.dim, lat.heads, cfg.model.mlp_ratio)
+            acfg, prep_seconds, extra = cfg, 0.0, {}
+        else:
+            acfg = arm_config(cfg, name, prep)
+            torch.manual_seed(t.seed)  # every PD-CLM arm starts from the same weights
+            model = PDCLM(acfg.pse, acfg.model)
+            model.entropy.load_state_dict(load_model(out_dir / "pse")[0].entropy.state_dict())
+            model.threshold.fill_(prep["threshold"])
+            with torch.no_grad():
+                mean_patch = mean_patch_length(model.patch(*val_batches[0]))
+            prep_seconds = prep["pse_seconds"]
+            extra = {"patch_rule": acfg.pse.patcher.rule, "mean_patch_len": mean_patch}
         return Arm(
             name,
             model,
@@ -225,25 +231,8 @@ def build_arm(name: str, cfg: Config, out_dir: Path, prep: dict[str, Any]) -> Ar
             mean_bpb(val_batches, device),
             1.0,
             t.seq_len,
-            prep["pse_seconds"],
-            {"patch_rule": acfg.pse.patcher.rule, "mean_patch_len": mean_patch},
-        )
-    target = pdclm_target(cfg)
-    if name == "byte":
-        model = matched_transformer(target, lat.dim, lat.heads, cfg.model.mlp_ratio)
-        sampler = BatchSampler(train, t.seq_len, t.batch, t.seed)
-        val_batches = held_out_batches(val, t.seq_len, t.batch, t.eval_batches)
-        return Arm(
-            name,
-            model,
-            cfg,
-            lambda i, rows: as_batch(*sampler.batch(i, rows)),
-            lm_loss,
-            mean_bpb(val_batches, device),
-            1.0,
-            t.seq_len,
-            0.0,
-            {},
+            prep_seconds,
+            extra,
         )
     if name != "bpe":
         raise ConfigError(f"unknown bench model '{name}' (known: {', '.join(ARMS)})")
@@ -251,6 +240,7 @@ def build_arm(name: str, cfg: Config, out_dir: Path, prep: dict[str, Any]) -> Ar
     ids = np.load(out_dir / "bpe" / "train_ids.npy")
     bpt = prep["bpe"]["bytes_per_token"]
     seq = max(8, math.ceil(t.seq_len / bpt))  # the same bytes per sequence as the byte models
+    target = pdclm_target(cfg)
     model = matched_transformer(target, lat.dim, lat.heads, cfg.model.mlp_ratio, tok.vocab_size)
     sampler = BatchSampler(TokenSplit([ids], "train", out_dir, len(ids)), seq, t.batch, t.seed)
     windows = [
@@ -433,82 +423,62 @@ def pretrain_ratios(rows: dict[str, Any]) -> dict[str, dict[str, float]]:
     }
 
 
+def compare(
+    claim: str, measure: str, pd: float, base: float, target: float, higher: bool, source: str
+) -> dict[str, Any]:
+    """A claim or goal row whose verdict is PD-CLM / baseline against ``target``."""
+    return row(claim, measure, pd, base, threshold_verdict(pd / base, target, higher), source)
+
+
 def pretrain_claims(rows: dict[str, Any]) -> tuple[list[dict], list[dict]]:
     src = "pdclm bench pretrain"
     pd, bpe, byte = rows.get("pdclm"), rows.get("bpe"), rows.get("byte")
     claims, goals = [], []
-    if pd and bpe:
-        r = pd["bytes_per_s_with_prep"] / bpe["bytes_per_s_with_prep"]
-        claims.append(
-            row(
+    if not pd:
+        return claims, goals
+    if bpe:
+        speed, rss = "bytes_per_s_with_prep", "peak_rss_mb"
+        claims += [
+            compare(
                 CLAIMS["speed"],
                 "training bytes/s incl. data preparation (PD-CLM: entropy model + profiles; "
                 "BPE: tokenizer training + encoding), equal wall-clock and non-embedding "
                 "params; holds at >= 1.15x the BPE transformer",
-                pd["bytes_per_s_with_prep"],
-                bpe["bytes_per_s_with_prep"],
-                threshold_verdict(r, 1.15, True),
-                src,
-            )
-        )
-        r = pd["peak_rss_mb"] / bpe["peak_rss_mb"]
-        claims.append(
-            row(
+                *(pd[speed], bpe[speed], 1.15, True, src),
+            ),
+            compare(
                 CLAIMS["memory"],
                 "peak resident memory (MB) training at equal non-embedding params; holds at "
                 "<= 0.9x the BPE transformer",
-                pd["peak_rss_mb"],
-                bpe["peak_rss_mb"],
-                threshold_verdict(r, 0.9, False),
-                src,
+                *(pd[rss], bpe[rss], 0.9, False, src),
+            ),
+        ]
+        goals.append(
+            compare("peak memory <= 0.9x BPE", "peak RSS (MB)", pd[rss], bpe[rss], 0.9, False, src)
+        )
+    for other in (r for r in (byte, bpe) if r):
+        goals.append(
+            compare(
+                f"bits/byte below the {other['label']}",
+                "held-out bits per byte at equal wall-clock",
+                *(pd["val_bpb"], other["val_bpb"], 1.0 - 1e-9, False, src),
             )
         )
+    if byte:
         goals.append(
-            row(
-                "peak memory <= 0.9x BPE",
-                "peak RSS (MB)",
-                pd["peak_rss_mb"],
-                bpe["peak_rss_mb"],
-                threshold_verdict(r, 0.9, False),
-                src,
-            )
-        )
-    if pd:
-        for other in (byte, bpe):
-            if other:
-                goals.append(
-                    row(
-                        f"bits/byte below the {other['label']}",
-                        "held-out bits per byte at equal wall-clock",
-                        pd["val_bpb"],
-                        other["val_bpb"],
-                        threshold_verdict(pd["val_bpb"] / other["val_bpb"], 1.0 - 1e-9, False),
-                        src,
-                    )
-                )
-    if pd and byte:
-        r = pd["bytes_per_s"] / byte["bytes_per_s"]
-        goals.append(
-            row(
+            compare(
                 "training bytes/s >= 1.25x byte transformer",
                 "training-loop bytes/s",
-                pd["bytes_per_s"],
-                byte["bytes_per_s"],
-                threshold_verdict(r, 1.25, True),
-                src,
+                *(pd["bytes_per_s"], byte["bytes_per_s"], 1.25, True, src),
             )
         )
-    if pd:
-        goals.append(
-            row(
-                "FLOP utilisation >= 50 % of matmul peak",
-                "model FLOP/s over the square-matmul FLOP/s measured in the same run",
-                pd["mfu"],
-                1.0,
-                threshold_verdict(pd["mfu"], 0.5, True),
-                src,
-            )
+    goals.append(
+        compare(
+            "FLOP utilisation >= 50 % of matmul peak",
+            "model FLOP/s over the square-matmul FLOP/s measured in the same run",
+            *(pd["mfu"], 1.0, 0.5, True, src),
         )
+    )
     return claims, goals
 
 
