@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import multiprocessing as mp
+import os
 import platform
 import queue as queue_mod
 import resource
@@ -351,6 +352,9 @@ def train_arm(
         "curve": [(h["step"], h["val_bpb"]) for h in result["history"]],
         "seconds_per_step": result["train_seconds"] / max(1, result["steps"]),
         "seq_len": arm.seq_len,
+        # other processes on the machine would show here (> the threads used): a check that
+        # the timing had the cores to itself
+        "load_avg_1min": os.getloadavg()[0],
         **arm.extra,
     }
 
@@ -416,11 +420,17 @@ def pretrain_ratios(rows: dict[str, Any]) -> dict[str, dict[str, float]]:
         return {}
     pd = rows["pdclm"]
     keys = ("val_bpb", "bytes_per_s", "bytes_per_s_with_prep", "peak_rss_mb", "flops_per_byte")
-    return {
-        other: {k: pd[k] / r[k] for k in keys if r.get(k)}
-        for other, r in rows.items()
-        if other != "pdclm"
-    }
+    out: dict[str, dict[str, float]] = {}
+    for other, r in rows.items():
+        if other == "pdclm":
+            continue
+        out[other] = {k: pd[k] / r[k] for k in keys if r.get(k)}
+        # training time after which PD-CLM's bytes/s incl. preparation overtakes this model's
+        a, b = pd["bytes_per_s"], r["bytes_per_s"]
+        if a > b:
+            t = (b * pd["prep_seconds"] - a * r["prep_seconds"]) / (a - b)
+            out[other]["break_even_train_seconds"] = max(0.0, t)
+    return out
 
 
 def compare(

@@ -196,6 +196,14 @@ def print_summary(report: dict[str, Any], keys: tuple[str, ...] = ()) -> None:
         for r in rows:
             tasks.add_row(*r)
         console.print(tasks)
+    if report.get("claims"):
+        verdicts = Table(title="design claims (see report.md for how each is measured)")
+        for h in ("claim", "PD-CLM / baseline", "verdict", "source"):
+            verdicts.add_column(h)
+        for r in report["claims"]["claims"]:
+            ratio = "-" if r["ratio"] is None else f"x{r['ratio']:.2f}"
+            verdicts.add_row(r["claim"], ratio, r["verdict"], r["source"])
+        console.print(verdicts)
 
 
 HEADLINE = {
