@@ -705,5 +705,7 @@ def publish(out_dir: Path, which: list[str], preset: str, to: str | None) -> dic
     write_json_atomic(out_dir / "claims.json", collected)
     text = claims.markdown(collected)
     (out_dir / "claims.md").write_text(text)
+    if to:
+        (Path(to) / f"claims_{preset}.md").write_text(text)
     print(text)
     return collected
