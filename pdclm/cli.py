@@ -9,7 +9,7 @@
     pdclm selfplay  --ckpt RUN [--episodes FILE]                   verified self-play episodes
     pdclm eval      --ckpt RUN                                     held-out bits per byte
     pdclm label     --ckpt RUN [--file F] [--from-verifier]        human verdicts, most useful first
-    pdclm bench     pretrain|rewards|human [--preset tiny|cpu] --json FILE   against baselines
+    pdclm bench     pretrain|generate|noise|scaling|all|rewards|human   vs baselines, claims
     pdclm export    CKPT [--out DIR]                               checkpoint -> model folder
 
 Every subcommand takes ``--preset NAME|FILE``, ``--out DIR``, ``--json FILE`` (results as JSON)
@@ -183,10 +183,17 @@ class ExportCmd(Common):
 class BenchCmd(Common):
     """Benchmarks against baselines, measured in one run on this machine."""
 
-    which: tyro.conf.Positional[Literal["pretrain", "rewards", "human"]] = "pretrain"
+    which: tyro.conf.Positional[
+        Literal["pretrain", "generate", "noise", "scaling", "all", "rewards", "human"]
+    ] = "pretrain"
+    """``all``: pretrain, generate, noise and scaling in one folder (generate and noise
+    measure the models pretrain saved there)."""
     ckpt: str | None = None
     """``rewards``: the run (or model folder) whose Phase 2 model both variants start from;
+    ``noise``: a run whose model's task accuracy under noise is measured too;
     ``human``: the run whose episodes are labelled (default: train one, Phase 3 aside)."""
+    publish: str | None = None
+    """Also copy each result to DIR as ``<bench>_<preset>.json``/``.png`` (e.g. benchmarks)."""
 
 
 COMMANDS: dict[str, type[Common]] = {
@@ -520,16 +527,26 @@ def cmd_export(args: ExportCmd) -> dict:
 
 
 def cmd_bench(args: BenchCmd) -> dict:
-    from pdclm.eval.bench import bench_pretrain, bench_rewards
+    import time
 
-    out = Path(args.out) if args.out else None
+    from pdclm.eval.bench import bench_pretrain, bench_rewards, bench_scaling, publish
+    from pdclm.eval.bench_eval import bench_generate, bench_noise
+    from pdclm.eval.human import bench_human
+
+    out = Path(args.out) if args.out else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.which == "rewards":
         return bench_rewards(args.config, args.ckpt, out)
-    if args.which == "human":
-        from pdclm.eval.human import bench_human
-
-        return bench_human(args.config, args.ckpt, out, args.json)
-    return bench_pretrain(args.config, out)
+    run = {
+        "pretrain": lambda: bench_pretrain(args.config, out),
+        "generate": lambda: bench_generate(args.config, out),
+        "noise": lambda: bench_noise(args.config, out, args.ckpt),
+        "scaling": lambda: bench_scaling(args.config, out),
+        "human": lambda: bench_human(args.config, args.ckpt, out, args.json),
+    }
+    which = [w for w in run if w != "human"] if args.which == "all" else [args.which]
+    results = {w: run[w]() for w in which}
+    publish(out, which, args.config.preset, args.publish)
+    return results[which[0]] if len(which) == 1 else results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -153,8 +153,34 @@ class TrainConfig:
 
 @dataclass
 class BenchConfig:
+    """``pdclm bench``: baselines, budgets and what each sub-benchmark measures."""
+
     seconds: float = 60.0
     """Wall-clock training budget per model in ``pdclm bench pretrain``."""
+    models: list[str] = field(
+        default_factory=lambda: ["pdclm", "pdclm_stride", "pdclm_whitespace", "byte", "bpe"]
+    )
+    """Models ``bench pretrain`` trains: PD-CLM, its fixed-stride and whitespace patching
+    ablations, the byte transformer and the BPE transformer."""
+    bpe_vocab: int = 4096
+    """Vocabulary of the BPE baseline's tokenizer (trained on the training split)."""
+    scaling_dims: list[int] = field(default_factory=lambda: [128, 256, 384])
+    """``bench scaling``: latent widths (baselines get the same width, matched depth)."""
+    scaling_seconds: float = 40.0
+    """``bench scaling``: wall-clock budget per model and size."""
+    gen_bytes: int = 256
+    """``bench generate``: bytes generated after each prompt."""
+    gen_prompts: int = 4
+    prompt_bytes: int = 64
+    noise_rates: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1])
+    """``bench noise``: shares of bytes touched by mixed character noise (each kind alone is
+    also measured at 0.05)."""
+    noise_batches: int = 4
+    """``bench noise``: held-out batches per noise condition."""
+    noise_task_items: int = 8
+    """``bench noise --ckpt RUN``: held-out questions per task for accuracy under noise."""
+    results_dir: str = "benchmarks"
+    """Where saved benchmark JSONs live; ``pdclm run`` reads their claim rows from here."""
 
 
 @dataclass
@@ -515,6 +541,17 @@ def validate(cfg: Config) -> None:
     weights = [getattr(rw, c) for c in ("correctness", "consistency", "justification")]
     weights += [rw.efficiency, rw.hallucination]
     need(all(w >= 0 for w in weights) and any(weights), "rl.rewards: weights >= 0, not all 0")
+    b = cfg.bench
+    from pdclm.eval.bench import ARMS
+
+    for m in b.models:
+        need(m in ARMS, f"bench.models: unknown model '{m}' (known: {', '.join(ARMS)})")
+    need(b.seconds > 0 and b.scaling_seconds > 0, "bench.seconds, bench.scaling_seconds > 0")
+    need(b.bpe_vocab >= 257, "bench.bpe_vocab must be >= 257 (256 bytes + a separator)")
+    need(len(b.scaling_dims) >= 1 and all(d >= 8 for d in b.scaling_dims), "bench.scaling_dims")
+    for name in ("gen_bytes", "gen_prompts", "prompt_bytes", "noise_batches", "noise_task_items"):
+        need(getattr(b, name) >= 1, f"bench.{name} must be >= 1")
+    need(all(0 < r < 1 for r in b.noise_rates), "bench.noise_rates must be in (0, 1)")
     rf = rl.reflection
     need(
         1 <= rf.latent_layers <= lat.layers,

@@ -125,7 +125,7 @@ def markdown(report: dict[str, Any]) -> str:
             "",
         ]
     for key, section in report.items():
-        if key in ("run", "config") or not isinstance(section, dict):
+        if key in ("run", "config", "claims") or not isinstance(section, dict):
             continue
         lines += [f"## {key}", "", "| figure | value |", "| --- | --- |"]
         for k, v in flatten(section).items():
@@ -133,6 +133,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
         for plot in section.get("plots", []):
             lines += [f"![{plot}]({plot})", ""]
+    if report.get("claims"):
+        from pdclm.eval.claims import markdown as claims_markdown
+
+        lines += [claims_markdown(report["claims"])]
     if run.get("curves"):
         lines += ["## Training curves", "", f"![curves]({run['curves']})", ""]
     lines += ["## Config", "", "```json", json.dumps(report["config"], indent=2), "```", ""]
@@ -154,6 +158,10 @@ def write_report(run_dir: Path, cfg: Config, results: dict[str, Any], seconds: f
         "config": to_dict(cfg),
         **results,
     }
+    from pdclm.eval.claims import collect
+
+    # the run's own measurements, beside the saved benchmarks' (labelled with their files)
+    report["claims"] = collect(report, cfg.bench.results_dir)
     write_json_atomic(run_dir / "report.json", report)
     (run_dir / "report.md").write_text(markdown(report))
     return report
@@ -188,6 +196,14 @@ def print_summary(report: dict[str, Any], keys: tuple[str, ...] = ()) -> None:
         for r in rows:
             tasks.add_row(*r)
         console.print(tasks)
+    if report.get("claims"):
+        verdicts = Table(title="design claims (see report.md for how each is measured)")
+        for h in ("claim", "PD-CLM / baseline", "verdict", "source"):
+            verdicts.add_column(h)
+        for r in report["claims"]["claims"]:
+            ratio = "-" if r["ratio"] is None else f"x{r['ratio']:.2f}"
+            verdicts.add_row(r["claim"], ratio, r["verdict"], r["source"])
+        console.print(verdicts)
 
 
 HEADLINE = {
