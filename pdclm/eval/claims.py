@@ -118,7 +118,8 @@ def bench_rows(results_dir: str | Path) -> tuple[list[dict], list[dict]]:
             continue
         if not isinstance(data, dict) or path.stem.startswith("claims"):
             continue
-        if "run" in data:  # a saved run report: its own measurements, not the rows it collected
+        if isinstance(data.get("run"), dict) and "config" in data:
+            # a saved run report: its own measurements, not the rows it collected
             for r in run_rows(data):
                 claims.append({**r, "source": f"{path.as_posix()} (saved run report)"})
             continue

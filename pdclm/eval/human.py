@@ -49,12 +49,12 @@ from pdclm.cognition.reflection import (
 from pdclm.config import Config
 from pdclm.data.generators import GENERATORS
 from pdclm.data.human import HumanExample, read_examples, split_by_question
+from pdclm.eval.bench import stamp
+from pdclm.eval.claims import CLAIMS
 from pdclm.eval.tasks import eval_budget, generation_context, held_out_sets
 from pdclm.model.io import find_model_dir, load_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.train.checkpoint import write_json_atomic
-
-CLAIM = "several rewards → less human evaluation"
 
 
 def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
@@ -221,7 +221,7 @@ def _claim(curve: dict[str, list[dict]], metric: str, chance: float, source: str
         verdict = "does not hold"
     level = "n/a" if target is None else f"{target:.3f}"
     return {
-        "claim": CLAIM,
+        "claim": CLAIMS["human"],
         "measure": (
             f"human labels the reflection network needs to reach a {METRICS[metric]} of {level} "
             f"with held-out human verdicts (what it reaches with all {alone[-1]['labels']} pool "
@@ -303,44 +303,47 @@ def bench_human(
 
     chance = {**CHANCE, "agreement": baseline.get("constant", 1.0)}
     per_metric = {m: curves(points, m) for m in METRICS}
-    source = json_path or str(out / "bench_human.json")
-    result = {
-        "run": str(run_dir),
-        "episodes": len(candidates),
-        "labelled": stats,
-        "pool": {
-            "train": len(train_part),
-            "calibration": len(cal_part),
-            "questions": len({ex.episode.question for ex in pool}),
-        },
-        "held_out": baseline,
-        "held_out_disjoint_by_question": not (
-            {ex.episode.question for ex in pool} & {ex.episode.question for ex in held}
-        ),
-        "automatic_labels": {
-            "pool": len(automatic),
-            "right_share": sum(j.answer_ok for j in automatic.values()) / max(1, len(automatic)),
-            "agree_with_verdicts": _rate(
-                [automatic[ex.key].answer_ok for ex in pool], [ex.verdict for ex in pool]
+    result = stamp(
+        {
+            "run": str(run_dir),
+            "episodes": len(candidates),
+            "labelled": stats,
+            "pool": {
+                "train": len(train_part),
+                "calibration": len(cal_part),
+                "questions": len({ex.episode.question for ex in pool}),
+            },
+            "held_out": baseline,
+            "held_out_disjoint_by_question": not (
+                {ex.episode.question for ex in pool} & {ex.episode.question for ex in held}
             ),
+            "automatic_labels": {
+                "pool": len(automatic),
+                "right_share": sum(j.answer_ok for j in automatic.values())
+                / max(1, len(automatic)),
+                "agree_with_verdicts": _rate(
+                    [automatic[ex.key].answer_ok for ex in pool], [ex.verdict for ex in pool]
+                ),
+            },
+            "settings": {
+                "counts": counts,
+                "seeds": cfg.human.seeds,
+                "critic_steps": cfg.human.steps,
+                "human_weight": cfg.human.weight,
+                "calibration_share": cfg.human.calibration,
+                "holdout_share": cfg.human.holdout,
+            },
+            "points": points,
+            "chance": chance,
+            "curves": per_metric,
+            "labels_saved": {
+                m: labels_saved(c[variants[0]], c[variants[1]]) for m, c in per_metric.items()
+            },
+            "claims": [_claim(per_metric["auc"], "auc", chance["auc"], "pdclm bench human")],
+            "seconds": round(time.perf_counter() - t_start, 1),
         },
-        "settings": {
-            "counts": counts,
-            "seeds": cfg.human.seeds,
-            "critic_steps": cfg.human.steps,
-            "human_weight": cfg.human.weight,
-            "calibration_share": cfg.human.calibration,
-            "holdout_share": cfg.human.holdout,
-        },
-        "points": points,
-        "chance": chance,
-        "curves": per_metric,
-        "labels_saved": {
-            m: labels_saved(c[variants[0]], c[variants[1]]) for m, c in per_metric.items()
-        },
-        "claims": [_claim(per_metric["auc"], "auc", chance["auc"], source)],
-        "seconds": round(time.perf_counter() - t_start, 1),
-    }
+        cfg,
+    )
     plot_human(result, out / "bench_human.png")
     if json_path:
         plot_human(result, Path(json_path).with_suffix(".png"))
