@@ -140,7 +140,7 @@ def test_claim_verdicts_follow_the_numbers(tmp_path):
     # bench JSONs with rows are read and labelled; run reports and claim tables are not
     r = claims.row(claims.CLAIMS["human"], "m", 2.0, 4.0, "holds", "pdclm bench human")
     (tmp_path / "human_cpu.json").write_text(json.dumps({"claims": [r], "finished": "today"}))
-    saved_run = {"run": {}, "claims": {"claims": [r]}, "phase3": {"robustness": big}}
+    saved_run = {"run": {}, "config": {}, "claims": {"claims": [r]}, "phase3": {"robustness": big}}
     (tmp_path / "main_cpu_report.json").write_text(json.dumps(saved_run))
     got = claims.collect({"phase3": {"robustness": small}}, tmp_path)
     names = [c["claim"] for c in got["claims"]]

@@ -29,6 +29,7 @@ from pdclm.config import load_preset
 from pdclm.data.episodes import Episode, format_episode
 from pdclm.data.human import HumanExample, parse_lines, read_examples, split_by_question
 from pdclm.data.tasks import make_source, training_items
+from pdclm.eval.claims import CLAIMS
 from pdclm.eval.tasks import eval_budget
 from pdclm.train import checkpoint
 
@@ -241,7 +242,7 @@ def test_bench_human_runs_end_to_end_on_the_tiny_preset(tmp_path, corpus):
     assert len(verdicts) == result["labelled"]["labelled"] > 0
     assert all(v.annotator == "verifier" for v in verdicts)
     (claim,) = result["claims"]
-    assert claim["claim"] == "several rewards → less human evaluation"
+    assert claim["claim"] == CLAIMS["human"] and claim["source"] == "pdclm bench human"
     assert claim["verdict"] in ("holds", "does not hold", "not measurable at this size")
     assert Path(result["run"]).name == "run"
     # the verdicts, prepared as human examples, join Phase 3 of the bench's run
