@@ -241,7 +241,7 @@ def test_bench_human_runs_end_to_end_on_the_tiny_preset(tmp_path, corpus):
     assert len(verdicts) == result["labelled"]["labelled"] > 0
     assert all(v.annotator == "verifier" for v in verdicts)
     (claim,) = result["claims"]
-    assert claim["claim"] == "several rewards → less human evaluation"
+    assert claim["claim"] == "Several rewards: less human evaluation"
     assert claim["verdict"] in ("holds", "does not hold", "not measurable at this size")
     assert Path(result["run"]).name == "run"
     # the verdicts, prepared as human examples, join Phase 3 of the bench's run

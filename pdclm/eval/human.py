@@ -54,7 +54,8 @@ from pdclm.model.io import find_model_dir, load_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.train.checkpoint import write_json_atomic
 
-CLAIM = "several rewards → less human evaluation"
+CLAIM = "Several rewards: less human evaluation"
+"""The claims table's name of the design claim this bench measures."""
 
 
 def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
@@ -340,6 +341,7 @@ def bench_human(
         },
         "claims": [_claim(per_metric["auc"], "auc", chance["auc"], source)],
         "seconds": round(time.perf_counter() - t_start, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     plot_human(result, out / "bench_human.png")
     if json_path:
