@@ -4,11 +4,12 @@
     pdclm prepare   [--data.sources PATH ...] [--data.dir DIR]     ingest into byte shards
     pdclm train     pretrain|cognitive [--out DIR] [--resume DIR]  one phase
     pdclm pse       "some text" | --file F  [--ckpt RUN] [--plot out.png]
-    pdclm generate  --ckpt RUN "prompt" [--max-bytes 200]
+    pdclm generate  --ckpt RUN "prompt" [--max-bytes 200] [--memory DIR]
     pdclm solve     --ckpt RUN "question" [--think-budget 8] [--samples 3] [--context TEXT]
     pdclm selfplay  --ckpt RUN [--episodes FILE]                   verified self-play episodes
     pdclm eval      --ckpt RUN                                     held-out bits per byte
     pdclm bench     pretrain [--preset tiny|cpu] --json FILE       PD-CLM vs byte transformer
+    pdclm bench     memory [--preset tiny|cpu] --json FILE         memory tiers vs ablations
     pdclm export    CKPT [--out DIR]                               checkpoint -> model folder
 
 Every subcommand takes ``--preset NAME|FILE``, ``--out DIR``, ``--json FILE`` (results as JSON)
@@ -104,6 +105,9 @@ class GenerateCmd(Common):
     temperature: float = 0.8
     top_k: int = 0
     seed: int = 0
+    memory: str | None = None
+    """A model with memory: read its memory from this folder (if there) and save it back after,
+    so the next process goes on from it."""
 
 
 @dataclass
@@ -147,6 +151,9 @@ class EvalCmd(Common):
 
     ckpt: str | None = None
     batches: int = 8
+    memory: str | None = None
+    """A model with memory: read the held-out batches as one stream (each row carrying its
+    memory from batch to batch), starting from and saving to this folder."""
 
 
 @dataclass
@@ -162,7 +169,7 @@ class ExportCmd(Common):
 class BenchCmd(Common):
     """Benchmarks against baselines, measured in one run on this machine."""
 
-    which: tyro.conf.Positional[Literal["pretrain", "rewards"]] = "pretrain"
+    which: tyro.conf.Positional[Literal["pretrain", "rewards", "memory"]] = "pretrain"
     ckpt: str | None = None
     """``rewards``: the run (or model folder) whose Phase 2 model both variants start from."""
 
@@ -291,6 +298,7 @@ def cmd_generate(args: GenerateCmd) -> dict:
 
     model, _ = load_model(args.ckpt)
     gen = torch.Generator().manual_seed(args.seed)
+    stream = open_memory(model, args.memory)
     out = bytearray()
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # multi-byte chars stream whole
     sys.stdout.write(args.prompt)
@@ -302,13 +310,46 @@ def cmd_generate(args: GenerateCmd) -> dict:
         args.top_k,
         stop=(EOS,),
         generator=gen,
+        stream=stream,
     ):
         if sym < 256:
             out.append(sym)
             sys.stdout.write(utf8.decode(bytes([sym])))
             sys.stdout.flush()
     print(utf8.decode(b"", final=True))
-    return {"prompt": args.prompt, "completion": out.decode(errors="replace")}
+    result = {"prompt": args.prompt, "completion": out.decode(errors="replace")}
+    if stream is not None:
+        result["memory"] = save_memory(stream, args.memory)
+    return result
+
+
+def open_memory(model, folder: str | None):
+    """The memory stream saved in ``folder`` (a fresh one if it holds none), or None."""
+    if folder is None:
+        return None
+    if model.memory is None:
+        raise ConfigError("--memory needs a model trained with model.memory.enabled=true")
+    from pdclm.memory.stream import MemoryStream
+
+    path = Path(folder)
+    return (
+        MemoryStream.load(model, path) if (path / "memory.json").exists() else MemoryStream(model)
+    )
+
+
+def save_memory(stream, folder: str) -> dict:
+    stream.save(Path(folder))
+    st = stream.state
+    stored = int(st.lsm.counts().sum()) if st.lsm is not None else 0
+    print(
+        f"memory: {st.pos + stream.pending.shape[1]} symbols read, {stored} phases stored "
+        f"-> {folder}"
+    )
+    return {
+        "dir": folder,
+        "symbols_read": st.pos + stream.pending.shape[1],
+        "stored_phases": stored,
+    }
 
 
 def reflect_rounds(model, layers: int, question: str, budget, args: SolveCmd, gen) -> list:
@@ -454,14 +495,31 @@ def cmd_eval(args: EvalCmd) -> dict:
 
     model, cfg = load_model(args.ckpt)
     val = ShardSet.open(cfg.data.dir, "val")
+    stream = open_memory(model, args.memory)
+    if stream is not None and (stream.batch != cfg.train.batch or stream.pending.shape[1]):
+        raise ConfigError(
+            f"{args.memory} holds the memory of {stream.batch} stream(s) stopped mid-segment or "
+            f"not {cfg.train.batch} rows; eval --memory continues its own memory folders"
+        )
+    if stream is not None and stream.state.pos == 0:
+        stream = type(stream)(model, cfg.train.batch)
     vals = []
     with torch.no_grad():
         for tokens, _ in BatchSampler(val, cfg.train.seq_len, cfg.train.batch, 1).fixed_batches(
             args.batches
         ):
             t = torch.from_numpy(tokens)
-            vals.append(float(next_symbol_loss(model(t), t[:, 1:])[1]))
+            if stream is None:
+                logits = model(t)
+            else:  # carry the memory on from batch to batch
+                from pdclm.memory.stream import read_stream
+
+                ent = model.entropy.profile(t)
+                logits = model.head(read_stream(model, t, ent, stream.state)[0])
+            vals.append(float(next_symbol_loss(logits, t[:, 1:])[1]))
     result = {"val_bpb": float(np.mean(vals)), "batches": len(vals), "data": cfg.data.dir}
+    if stream is not None:
+        result["memory"] = save_memory(stream, args.memory)
     print(
         f"held-out bits per byte: {result['val_bpb']:.4f} ({len(vals)} batches of {cfg.data.dir})"
     )
@@ -482,6 +540,10 @@ def cmd_bench(args: BenchCmd) -> dict:
     from pdclm.eval.bench import bench_pretrain, bench_rewards
 
     out = Path(args.out) if args.out else None
+    if args.which == "memory":
+        from pdclm.eval.memory import bench_memory
+
+        return bench_memory(args.config, out)
     if args.which == "rewards":
         return bench_rewards(args.config, args.ckpt, out)
     return bench_pretrain(args.config, out)
