@@ -496,13 +496,13 @@ def cmd_eval(args: EvalCmd) -> dict:
     model, cfg = load_model(args.ckpt)
     val = ShardSet.open(cfg.data.dir, "val")
     stream = open_memory(model, args.memory)
+    if stream is not None and stream.state.pos == 0 and not stream.pending.shape[1]:
+        stream = type(stream)(model, cfg.train.batch)  # a fresh memory: one stream per row
     if stream is not None and (stream.batch != cfg.train.batch or stream.pending.shape[1]):
         raise ConfigError(
             f"{args.memory} holds the memory of {stream.batch} stream(s) stopped mid-segment or "
             f"not {cfg.train.batch} rows; eval --memory continues its own memory folders"
         )
-    if stream is not None and stream.state.pos == 0:
-        stream = type(stream)(model, cfg.train.batch)
     vals = []
     with torch.no_grad():
         for tokens, _ in BatchSampler(val, cfg.train.seq_len, cfg.train.batch, 1).fixed_batches(

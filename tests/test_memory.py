@@ -158,17 +158,9 @@ def unit(n: int, d: int, seed: int) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.randn(1, n, d, generator=g), dim=-1)
 
 
-def filled_store(keys: torch.Tensor, **kw) -> LongTermStore:
-    n = keys.shape[1]
-    store = LongTermStore(1, kw.pop("capacity", n), **({"faiss_threshold": n, "nprobe": 32} | kw))
-    store.add(
-        keys,
-        torch.zeros(1, n, 1, 1),
-        torch.ones(1, n, 1, dtype=torch.bool),
-        torch.zeros(1, n),
-        torch.ones(1, n, dtype=torch.bool),
-        clock=0,
-    )
+def filled_store(keys: torch.Tensor, capacity: int | None = None) -> LongTermStore:
+    store = LongTermStore.of_keys(keys, faiss_threshold=keys.shape[1], nprobe=32)
+    store.capacity = capacity or store.capacity
     return store
 
 

@@ -231,15 +231,7 @@ def lsm_latency(
         q = torch.nn.functional.normalize(
             q * 0.5 + keys[:, torch.randint(0, n, (queries,), generator=rng)], dim=-1
         )
-        store = LongTermStore(1, n, faiss_threshold=n, nprobe=nprobe)
-        store.add(
-            keys,
-            torch.zeros(1, n, 1, 1),
-            torch.ones(1, n, 1, dtype=torch.bool),
-            torch.zeros(1, n),
-            torch.ones(1, n, dtype=torch.bool),
-            0,
-        )
+        store = LongTermStore.of_keys(keys, faiss_threshold=n, nprobe=nprobe)
         with torch.no_grad():
             t0 = time.perf_counter()
             _, exact = store.search(q, k)
@@ -402,23 +394,19 @@ def plot_memory(result: dict[str, Any], path: Path) -> None:
 
     rows = result["variants"]
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
-    ax = axes[0, 0]
-    for name, r in rows.items():
-        ax.plot(PASSKEY_LENGTHS, [r["passkey"][str(m)] for m in PASSKEY_LENGTHS], "o-", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("length / training context")
-    ax.set_ylabel("passkey accuracy")
-    ax.set_ylim(-0.03, 1.03)
-    ax.legend(fontsize=7)
-    ax.set_title("passkey retrieval", fontsize=9)
-    ax = axes[0, 1]
-    for name, r in rows.items():
-        ax.plot(RECALL_LENGTHS, [r["recall"][str(m)] for m in RECALL_LENGTHS], "o-", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("length / training context")
-    ax.set_ylabel("recall accuracy (per query)")
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_title("associative recall", fontsize=9)
+    tasks = (
+        ("passkey", PASSKEY_LENGTHS, "passkey accuracy", "passkey retrieval"),
+        ("recall", RECALL_LENGTHS, "recall accuracy (per query)", "associative recall"),
+    )
+    for ax, (key, lengths, ylabel, title) in zip(axes[0, :2], tasks, strict=True):
+        for name, r in rows.items():
+            ax.plot(lengths, [r[key][str(m)] for m in lengths], "o-", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("length / training context")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(title, fontsize=9)
+    axes[0, 0].legend(fontsize=7)
     ax = axes[0, 2]
     names = list(rows)
     ax.bar(names, [rows[n]["long_bpb"] for n in names], color=[f"C{i}" for i in range(len(names))])

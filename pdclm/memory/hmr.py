@@ -334,8 +334,9 @@ def read_memory(
         writes.update(keys=keys, vals=vals, vmask=vmask, wlog=wlog, written=written)
         if commit and n_st and not mem.training:
             state.lsm.touch(sp, from_store & torch.isfinite(top_s), state.pos)
-        ew = ended.float()
-        stats["write_rate"] = (written.float() * ew).sum() / ew.sum().clamp(min=1)
+        ew = ended.float()  # the decision (p >= 0.5), also in training, where all are kept
+        decided = (wlog >= math.log(0.5)).float()
+        stats["write_rate"] = (decided * ew).sum() / ew.sum().clamp(min=1)
 
     ew = ended.float()[..., None]
     share = (gate * ew).sum((0, 1)) / ew.sum().clamp(min=1)

@@ -37,6 +37,16 @@ class LongTermStore:
         self.next_id = 0
         self._index: list = [None] * batch  # per-row faiss index (built lazily, eval only)
 
+    @classmethod
+    def of_keys(cls, keys: Tensor, faiss_threshold: int, nprobe: int) -> LongTermStore:
+        """One stream holding just these keys (1, N, K) and no values: for lookup tests and
+        the latency benchmark."""
+        n = keys.shape[1]
+        store = cls(1, n, faiss_threshold, nprobe)
+        ones = torch.ones(1, n, dtype=torch.bool)
+        store.add(keys, torch.zeros(1, n, 1, 1), ones[..., None], torch.zeros(1, n), ones, 0)
+        return store
+
     # ---------------------------------------------------------------------------- basics
     def __len__(self) -> int:
         return 0 if self.keys is None else self.keys.shape[1]
