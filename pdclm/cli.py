@@ -4,12 +4,13 @@
     pdclm prepare   [--data.sources PATH ...] [--data.dir DIR]     ingest into byte shards
     pdclm train     pretrain|cognitive [--out DIR] [--resume DIR]  one phase
     pdclm pse       "some text" | --file F  [--ckpt RUN] [--plot out.png]
-    pdclm generate  --ckpt RUN "prompt" [--max-bytes 200]
+    pdclm generate  --ckpt RUN "prompt" [--max-bytes 200] [--memory DIR]
     pdclm solve     --ckpt RUN "question" [--think-budget 8] [--samples 3] [--context TEXT]
     pdclm selfplay  --ckpt RUN [--episodes FILE]                   verified self-play episodes
     pdclm eval      --ckpt RUN                                     held-out bits per byte
     pdclm label     --ckpt RUN [--file F] [--from-verifier]        human verdicts, most useful first
     pdclm bench     pretrain|generate|noise|scaling|all|rewards|human   vs baselines, claims
+    pdclm bench     memory [--preset tiny|cpu] --json FILE         memory tiers vs ablations
     pdclm export    CKPT [--out DIR]                               checkpoint -> model folder
 
 Every subcommand takes ``--preset NAME|FILE``, ``--out DIR``, ``--json FILE`` (results as JSON)
@@ -105,6 +106,9 @@ class GenerateCmd(Common):
     temperature: float = 0.8
     top_k: int = 0
     seed: int = 0
+    memory: str | None = None
+    """A model with memory: read its memory from this folder (if there) and save it back after,
+    so the next process goes on from it."""
 
 
 @dataclass
@@ -168,6 +172,9 @@ class EvalCmd(Common):
 
     ckpt: str | None = None
     batches: int = 8
+    memory: str | None = None
+    """A model with memory: read the held-out batches as one stream (each row carrying its
+    memory from batch to batch), starting from and saving to this folder."""
 
 
 @dataclass
@@ -184,7 +191,7 @@ class BenchCmd(Common):
     """Benchmarks against baselines, measured in one run on this machine."""
 
     which: tyro.conf.Positional[
-        Literal["pretrain", "generate", "noise", "scaling", "all", "rewards", "human"]
+        Literal["pretrain", "generate", "noise", "scaling", "all", "rewards", "human", "memory"]
     ] = "pretrain"
     """``all``: pretrain, generate, noise and scaling in one folder (generate and noise
     measure the models pretrain saved there)."""
@@ -324,6 +331,7 @@ def cmd_generate(args: GenerateCmd) -> dict:
 
     model, _ = load_model(args.ckpt)
     gen = torch.Generator().manual_seed(args.seed)
+    stream = open_memory(model, args.memory)
     out = bytearray()
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # multi-byte chars stream whole
     sys.stdout.write(args.prompt)
@@ -335,13 +343,46 @@ def cmd_generate(args: GenerateCmd) -> dict:
         args.top_k,
         stop=(EOS,),
         generator=gen,
+        stream=stream,
     ):
         if sym < 256:
             out.append(sym)
             sys.stdout.write(utf8.decode(bytes([sym])))
             sys.stdout.flush()
     print(utf8.decode(b"", final=True))
-    return {"prompt": args.prompt, "completion": out.decode(errors="replace")}
+    result = {"prompt": args.prompt, "completion": out.decode(errors="replace")}
+    if stream is not None:
+        result["memory"] = save_memory(stream, args.memory)
+    return result
+
+
+def open_memory(model, folder: str | None):
+    """The memory stream saved in ``folder`` (a fresh one if it holds none), or None."""
+    if folder is None:
+        return None
+    if model.memory is None:
+        raise ConfigError("--memory needs a model trained with model.memory.enabled=true")
+    from pdclm.memory.stream import MemoryStream
+
+    path = Path(folder)
+    return (
+        MemoryStream.load(model, path) if (path / "memory.json").exists() else MemoryStream(model)
+    )
+
+
+def save_memory(stream, folder: str) -> dict:
+    stream.save(Path(folder))
+    st = stream.state
+    stored = int(st.lsm.counts().sum()) if st.lsm is not None else 0
+    print(
+        f"memory: {st.pos + stream.pending.shape[1]} symbols read, {stored} phases stored "
+        f"-> {folder}"
+    )
+    return {
+        "dir": folder,
+        "symbols_read": st.pos + stream.pending.shape[1],
+        "stored_phases": stored,
+    }
 
 
 def reflect_rounds(model, layers: int, question: str, budget, args: SolveCmd, gen) -> list:
@@ -487,14 +528,31 @@ def cmd_eval(args: EvalCmd) -> dict:
 
     model, cfg = load_model(args.ckpt)
     val = ShardSet.open(cfg.data.dir, "val")
+    stream = open_memory(model, args.memory)
+    if stream is not None and stream.state.pos == 0 and not stream.pending.shape[1]:
+        stream = type(stream)(model, cfg.train.batch)  # a fresh memory: one stream per row
+    if stream is not None and (stream.batch != cfg.train.batch or stream.pending.shape[1]):
+        raise ConfigError(
+            f"{args.memory} holds the memory of {stream.batch} stream(s) stopped mid-segment or "
+            f"not {cfg.train.batch} rows; eval --memory continues its own memory folders"
+        )
     vals = []
     with torch.no_grad():
         for tokens, _ in BatchSampler(val, cfg.train.seq_len, cfg.train.batch, 1).fixed_batches(
             args.batches
         ):
             t = torch.from_numpy(tokens)
-            vals.append(float(next_symbol_loss(model(t), t[:, 1:])[1]))
+            if stream is None:
+                logits = model(t)
+            else:  # carry the memory on from batch to batch
+                from pdclm.memory.stream import read_stream
+
+                ent = model.entropy.profile(t)
+                logits = model.head(read_stream(model, t, ent, stream.state)[0])
+            vals.append(float(next_symbol_loss(logits, t[:, 1:])[1]))
     result = {"val_bpb": float(np.mean(vals)), "batches": len(vals), "data": cfg.data.dir}
+    if stream is not None:
+        result["memory"] = save_memory(stream, args.memory)
     print(
         f"held-out bits per byte: {result['val_bpb']:.4f} ({len(vals)} batches of {cfg.data.dir})"
     )
@@ -532,8 +590,11 @@ def cmd_bench(args: BenchCmd) -> dict:
     from pdclm.eval.bench import bench_pretrain, bench_rewards, bench_scaling, publish
     from pdclm.eval.bench_eval import bench_generate, bench_noise
     from pdclm.eval.human import bench_human
+    from pdclm.eval.memory import bench_memory
 
     out = Path(args.out) if args.out else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.which == "memory":
+        return bench_memory(args.config, out)
     if args.which == "rewards":
         return bench_rewards(args.config, args.ckpt, out)
     run = {

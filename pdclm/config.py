@@ -108,9 +108,52 @@ class DecoderConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """Hierarchical Memory Router (``pdclm/memory``). Off by default: the model is then exactly
+    the plain PD-CLM. On, the model reads its input in segments of ``segment`` symbols and
+    carries three tiers from one segment to the next (see :mod:`pdclm.memory.hmr`)."""
+
+    enabled: bool = False
+    segment: int = 256
+    """Symbols per segment; a patch and a phase always end at a multiple of it."""
+    window: int = 64
+    """SSM: the latent self-attention sees this many recent patches, across segments."""
+    ssm: bool = True
+    msm: bool = True
+    lsm: bool = True
+    router: str = "learned"
+    """``learned`` (a softmax gate per phase) or ``equal`` (fixed equal mixing of the tiers on)."""
+    layer: int = -1
+    """Latent block before which the memory is read (-1: the middle, ``layers // 2``)."""
+    max_phase: int = 8
+    """Most patches in one semantic phase."""
+    phase_entropy: float = 0.0
+    """Also end a phase where the next patch's first symbol is this surprising (bits; 0 = off)."""
+    slots: int = 8
+    """MSM: recurrent memory slots."""
+    key_dim: int = 64
+    """LSM: one key of this size per phase."""
+    top_k: int = 4
+    """LSM: phases retrieved per query phase."""
+    capacity: int = 16384
+    """LSM: phases kept per stream; beyond it the least recently used one is evicted."""
+    faiss_threshold: int = 4096
+    """LSM: above this many stored phases a stream searches a faiss index instead of torch."""
+    nprobe: int = 32
+    """faiss IVF lists searched per query (ANN mode)."""
+    router_lr_scale: float = 10.0
+    """Router parameters learn this much faster than the rest (and without weight decay)."""
+    ssm_bias: float = 2.0
+    """Initial gate logit of the SSM over the other tiers: the model starts local."""
+    write_bias: float = 2.0
+    """Initial logit of writing a phase to the LSM."""
+
+
+@dataclass
 class ModelConfig:
     latent: LatentConfig = field(default_factory=LatentConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     mlp_ratio: float = 8 / 3
     """SwiGLU hidden size as a multiple of the width."""
 
@@ -181,6 +224,16 @@ class BenchConfig:
     """``bench noise --ckpt RUN``: held-out questions per task for accuracy under noise."""
     results_dir: str = "benchmarks"
     """Where saved benchmark JSONs live; ``pdclm run`` reads their claim rows from here."""
+    memory_seconds: float = 120.0
+    """``pdclm bench memory``: wall-clock training budget per memory variant."""
+    memory_trials: int = 32
+    """``pdclm bench memory``: passkey and recall items per length."""
+    memory_docs: int = 4
+    """``pdclm bench memory``: long held-out documents for bits per byte."""
+    memory_store_sizes: list[int] = field(
+        default_factory=lambda: [1_000, 10_000, 100_000, 1_000_000]
+    )
+    """``pdclm bench memory``: long-term store sizes of the lookup-latency sweep."""
 
 
 @dataclass
@@ -496,6 +549,19 @@ def validate(cfg: Config) -> None:
         enc.dim % cfg.model.decoder.heads == 0,
         "pse.encoder.dim must be divisible by model.decoder.heads",
     )
+    mem = cfg.model.memory
+    if mem.enabled:
+        need(mem.router in ("learned", "equal"), "model.memory.router must be learned or equal")
+        need(mem.segment >= 8, "model.memory.segment must be >= 8")
+        for name in ("window", "max_phase", "slots", "key_dim", "top_k", "capacity", "nprobe"):
+            need(getattr(mem, name) >= 1, f"model.memory.{name} must be >= 1")
+        need(-1 <= mem.layer < lat.layers, "model.memory.layer must be in [-1, latent.layers)")
+        need(mem.router_lr_scale > 0, "model.memory.router_lr_scale must be > 0")
+        need(
+            cfg.train.seq_len % mem.segment == 0,
+            "train.seq_len must be a multiple of model.memory.segment (training runs whole "
+            "segments, carrying memory from one to the next)",
+        )
     t = cfg.train
     need(t.seq_len >= 8, "train.seq_len must be >= 8")
     need(t.batch >= 1 and t.grad_accum >= 1, "train.batch and train.grad_accum must be >= 1")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pdclm.config import ModelConfig, PSEConfig
+from pdclm.memory.hmr import MemoryRouter
 from pdclm.model.layers import RowKVCache, Stack, init_weights
 from pdclm.pse.encoder import PatchEncoder
 from pdclm.pse.entropy import EntropyModel, EntropyStream
@@ -58,6 +59,11 @@ class PDCLM(nn.Module):
         )
         self.head = nn.Linear(d, VOCAB_SIZE, bias=False)
         init_weights(self)
+        self.memory = None  # built after the rest: with or without it, the rest starts the same
+        if cfg.memory.enabled:
+            self.memory = MemoryRouter(cfg.memory, D, cfg.latent.heads)
+            init_weights(self.memory)
+            self.memory.reset_parameters()
         nn.init.zeros_(self.encoder.pool_out.weight)  # pooling starts as a plain max-pool
         self.freeze_entropy()
 
@@ -82,6 +88,10 @@ class PDCLM(nn.Module):
 
     def features(self, tokens: Tensor, entropy: Tensor | None = None) -> Tensor:
         """The decoder's output states (B, N-1, d): state j has read ``tokens[:, : j + 1]``."""
+        if self.memory is not None:  # read in segments, carrying the memory tiers
+            from pdclm.memory.stream import stream_features
+
+            return stream_features(self, tokens, entropy)
         B, N = tokens.shape
         inputs = tokens[:, :-1]
         pid = patch_ids(self.patch(tokens, entropy))  # (B, N) patch of every position
@@ -100,6 +110,10 @@ class PDCLM(nn.Module):
 
     # -------------------------------------------------------------------------- generation path
     def start_stream(self, batch: int = 1) -> Stream:
+        if self.memory is not None:
+            from pdclm.memory.stream import MemoryStream
+
+            return MemoryStream(self, batch)
         return Stream(self, batch)
 
     @torch.no_grad()
@@ -111,9 +125,11 @@ class PDCLM(nn.Module):
         top_k: int = 0,
         stop: tuple[int, ...] = (),
         generator: torch.Generator | None = None,
+        stream=None,
     ):
-        """Yield sampled symbols one at a time (cached: each step costs O(1) patches)."""
-        stream = self.start_stream()
+        """Yield sampled symbols one at a time (cached: each step costs O(1) patches); a given
+        ``stream`` (e.g. a loaded memory) goes on from where it is."""
+        stream = stream or self.start_stream()
         logits = None
         for tok in prompt:
             logits = stream.push_one(tok)

@@ -54,11 +54,16 @@ def boundary_candidates(
 
 def patch_starts(tokens: Tensor, entropy: Tensor, cfg: PatcherConfig, threshold: float) -> Tensor:
     """Boolean (B, N): True where a patch starts (candidates, then the ``max_len`` cap)."""
-    cand = boundary_candidates(tokens, entropy, cfg, threshold)
+    return cap_starts(boundary_candidates(tokens, entropy, cfg, threshold), cfg.max_len)
+
+
+def cap_starts(cand: Tensor, max_len: int) -> Tensor:
+    """Patch starts from candidates: position 0 starts, no patch runs past ``max_len``."""
+    cand = cand.clone()
     cand[:, 0] = True
-    idx = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+    idx = torch.arange(cand.shape[1], device=cand.device).expand_as(cand)
     last = torch.where(cand, idx, torch.zeros_like(idx)).cummax(dim=1).values
-    return (idx - last) % cfg.max_len == 0
+    return (idx - last) % max_len == 0
 
 
 def patch_ids(starts: Tensor) -> Tensor:

@@ -61,14 +61,21 @@ def lr_factor(step: int, cfg: TrainConfig, total: int) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; matrices decay, vectors (norms, biases) do not."""
+    """AdamW; matrices decay, vectors (norms, biases) do not. Parameters tagged with an
+    ``lr_scale`` attribute (the memory router's gates) get their own group: that multiple of
+    the learning rate and no weight decay."""
     params = [p for p in model.parameters() if p.requires_grad]
+    scaled = [p for p in params if hasattr(p, "lr_scale")]
+    params = [p for p in params if not hasattr(p, "lr_scale")]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    for scale in sorted({p.lr_scale for p in scaled}):
+        same = [p for p in scaled if p.lr_scale == scale]
+        groups.append({"params": same, "weight_decay": 0.0, "lr_scale": scale})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 

@@ -13,9 +13,11 @@ from pdclm.model.pdclm import LN2, next_symbol_loss
 
 
 def lm_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:
-    """Next-symbol loss for any model whose forward maps (tokens[, entropy]) to logits."""
+    """Next-symbol loss for any model whose forward maps (tokens[, entropy]) to logits; a
+    model with memory also reports its router's read shares and write rate."""
     loss, bpb = next_symbol_loss(model(*batch), batch[0][:, 1:])
-    return loss, {"bpb": float(bpb.detach())}
+    memory = getattr(getattr(model, "module", model), "memory", None)
+    return loss, {"bpb": float(bpb.detach()), **(memory.last_stats if memory is not None else {})}
 
 
 def causal_lm_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:

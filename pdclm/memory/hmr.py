@@ -1,0 +1,365 @@
+"""Hierarchical Memory Router (HMR): short-, medium- and long-term memory, routed per phase.
+
+With ``model.memory.enabled`` the model reads its input in segments of ``segment`` symbols and
+carries a :class:`MemoryState` from one segment to the next, in training (truncated
+backpropagation through all segments of a training sequence), evaluation and generation:
+
+- **SSM** (short-term): the latent transformer's self-attention over a sliding window of the
+  ``window`` most recent patches, with each layer's keys/values of the last window carried
+  across segments. Exact and cheap. (Off: the latent sees only its own segment.)
+- **MSM** (medium-term): ``slots`` recurrent memory slots, written at every phase end with a
+  gated update (attention picks the slots a phase writes to, a learned gate per slot decides
+  how much of the old content stays) and read by attention. Recurrent slots rather than a
+  compressive memory: the size is fixed however long the input, and the write is an ordinary
+  differentiable recurrence learnt through the segments of a training sequence; compressive
+  (linear-attention) memories were reported to stall with their mixing gates at 0.5.
+- **LSM** (long-term): a :class:`~pdclm.memory.store.LongTermStore` of one key per phase with
+  the phase's patch states as values; each phase sends one batched top-k query (made from the
+  last patch of the phase before, so it is known before the phase starts), and its patches
+  attend over the patches of the retrieved phases, with the retrieval score as an attention
+  bias (the stored keys get gradient through it). Phases of the current training sequence stay
+  differentiable, phases of the current segment are retrievable by later phases of the same
+  segment (in-window recall trains the key space).
+- **Router**: per phase, a softmax gate over the tiers (``p_ssm + p_msm + p_lsm = 1``) made from
+  the same last patch, and a write decision per finished phase (training: the log write
+  probability biases retrieval of that phase, so writing is learnt by whether the phase is
+  worth recalling; evaluation: phases with probability < 0.5 are not stored). The SSM's read
+  is the latent's own windowed attention, already in the residual stream: the gate's SSM share
+  is the part of the phase that reads no further memory; it starts high (``ssm_bias``), so the
+  model starts as a plain local model and learns to open the other tiers.
+
+Ablations: ``ssm``/``msm``/``lsm`` switch tiers off; ``router=equal`` mixes the tiers that are
+on with fixed equal weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pdclm.config import MemoryConfig
+from pdclm.memory.store import LongTermStore
+from pdclm.model.layers import RMSNorm, apply_rotary, rotary
+
+TIERS = ("ssm", "msm", "lsm")
+
+
+@dataclass
+class MemoryState:
+    """Everything carried from one segment to the next for a batch of B streams."""
+
+    batch: int
+    pos: int = 0
+    """Symbols read so far (all rows advance together, a whole segment at a time)."""
+    npatch: Tensor | None = None  # (B,) patches so far (the latent's rotary positions)
+    tail: Tensor | None = None  # (B, E) last symbols (encoder and patcher context)
+    tail_entropy: Tensor | None = None  # (B, E) their entropies
+    lat_k: list[Tensor] = field(default_factory=list)  # per latent layer (B, H, W, hd)
+    lat_v: list[Tensor] = field(default_factory=list)
+    lat_valid: Tensor | None = None  # (B, W)
+    prev_x: Tensor | None = None  # (B, D) memory-layer input at the last patch
+    prev_z: Tensor | None = None  # (B, D) latent output of the last patch
+    dec_last: Tensor | None = None  # (B, d) decoder input of the last position
+    slots: Tensor | None = None  # (B, M, D)
+    lsm: LongTermStore | None = None
+
+    def detach(self) -> MemoryState:
+        """Cut the gradient (between training sequences)."""
+        for name in ("tail_entropy", "lat_valid", "prev_x", "prev_z", "dec_last", "slots"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.detach())
+        self.lat_k = [t.detach() for t in self.lat_k]
+        self.lat_v = [t.detach() for t in self.lat_v]
+        if self.lsm is not None:
+            self.lsm.detach()
+        return self
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only these rows (finished sequences leave the batch)."""
+        names = ("npatch", "tail", "tail_entropy", "lat_valid", "prev_x", "prev_z", "dec_last")
+        for name in (*names, "slots"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t[rows.to(t.device)])
+        self.lat_k = [t[rows] for t in self.lat_k]
+        self.lat_v = [t[rows] for t in self.lat_v]
+        if self.lsm is not None:
+            self.lsm.select(rows)
+        self.batch = len(rows)
+
+
+class MemoryRouter(nn.Module):
+    """The router and the MSM/LSM read and write parameters (the SSM is the latent's window)."""
+
+    def __init__(self, cfg: MemoryConfig, dim: int, heads: int) -> None:
+        super().__init__()
+        self.cfg, self.dim, self.heads = cfg, dim, heads
+        self.norm = RMSNorm(dim)
+        # router: tier logits per phase and a write logit per finished phase
+        self.router = nn.Linear(dim, len(TIERS))
+        self.write = nn.Linear(dim, 1)
+        # MSM
+        self.slot_init = nn.Parameter(torch.zeros(cfg.slots, dim))
+        self.slot_norm = RMSNorm(dim)
+        self.msm_write_q = nn.Linear(dim, dim, bias=False)
+        self.msm_cand = nn.Linear(dim, dim)
+        self.msm_gate = nn.Linear(2 * dim, 1)
+        self.msm_q = nn.Linear(dim, dim, bias=False)
+        self.msm_kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.msm_out = nn.Linear(dim, dim, bias=False)
+        # LSM
+        self.key = nn.Linear(dim, cfg.key_dim, bias=False)
+        self.query = nn.Linear(dim, cfg.key_dim, bias=False)
+        self.log_temp = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.lsm_q = nn.Linear(dim, dim, bias=False)
+        self.lsm_kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.lsm_out = nn.Linear(dim, dim, bias=False)
+
+    def reset_parameters(self) -> None:
+        """Run after the model's generic init: reads start silent, the gate favours the SSM,
+        every phase starts written; the router learns faster and without weight decay."""
+        for lin in (self.msm_out, self.lsm_out):
+            nn.init.zeros_(lin.weight)
+        with torch.no_grad():
+            self.router.weight.zero_()
+            self.router.bias.copy_(torch.tensor([self.cfg.ssm_bias, 0.0, 0.0]))
+            self.write.weight.zero_()
+            self.write.bias.fill_(self.cfg.write_bias)
+            self.msm_gate.bias.fill_(-1.0)
+            nn.init.normal_(self.slot_init, std=0.5)
+            self.log_temp.fill_(math.log(10.0))
+        for p in [*self.router.parameters(), *self.write.parameters(), self.log_temp]:
+            p.lr_scale = self.cfg.router_lr_scale  # read by train.loop.make_optimizer
+
+    # ------------------------------------------------------------------------------ router
+    def gate(self, src: Tensor) -> Tensor:
+        """(B, F, 3) tier weights per phase from the last patch before it; sums to one."""
+        logits = self.router(self.norm(src)).float()
+        on = torch.tensor([getattr(self.cfg, t) for t in TIERS], device=src.device)
+        if self.cfg.router == "equal":
+            logits = torch.zeros_like(logits)
+        return logits.masked_fill(~on, float("-inf")).softmax(-1)
+
+    # ------------------------------------------------------------------------------ MSM
+    def msm_update(self, slots: Tensor, u: Tensor) -> Tensor:
+        """Gated write of phase summaries ``u`` (B, D) into ``slots`` (B, M, D)."""
+        s = self.slot_norm(slots)
+        att = torch.einsum("bmd,bd->bm", s, self.msm_write_q(u)) / math.sqrt(self.dim)
+        att = att.softmax(-1)
+        gate = torch.sigmoid(self.msm_gate(torch.cat([s, u[:, None].expand_as(s)], -1)))[..., 0]
+        z = (att * gate)[..., None]
+        return slots + z * (torch.tanh(self.msm_cand(u))[:, None] - slots)
+
+    def attend(
+        self,
+        q_lin,
+        kv_lin,
+        out_lin,
+        x: Tensor,
+        mem: Tensor,
+        bias: Tensor,
+        qpos: Tensor | None = None,
+        kpos: Tensor | None = None,
+    ) -> Tensor:
+        """Multi-head attention of patches ``x`` (B, P, D) over memory rows ``mem`` (B, S, D)
+        with an additive ``bias`` (B, P, S) (``-inf`` hides a row); a zero "nothing" row is
+        always visible, so a patch with nothing to read gets zero. ``qpos``/``kpos`` (B, P) /
+        (B, S): rotary positions (the LSM's place within a phase, so a patch can read the
+        patch after its own place in a recalled phase)."""
+        B, P, D = x.shape
+        H = self.heads
+        mem = torch.cat([mem.new_zeros(B, 1, D), mem], 1)
+        bias = F.pad(bias, (1, 0), value=0.0)
+        q = q_lin(self.norm(x)).view(B, P, H, -1).transpose(1, 2)
+        k, v = kv_lin(self.norm(mem)).view(B, -1, 2, H, D // H).permute(2, 0, 3, 1, 4)
+        if qpos is not None and kpos is not None:
+            q = apply_rotary(q, *rotary(D // H, qpos))
+            k = apply_rotary(k, *rotary(D // H, F.pad(kpos, (1, 0))))
+        k, v = k.clone(), v.clone()
+        k[:, :, 0], v[:, :, 0] = 0.0, 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None].to(q.dtype))
+        return out_lin(y.transpose(1, 2).reshape(B, P, D))
+
+
+def new_state(model, batch: int, device: torch.device) -> MemoryState:
+    m = model.memory
+    cfg = m.cfg
+    lsm = LongTermStore(batch, cfg.capacity, cfg.faiss_threshold, cfg.nprobe) if cfg.lsm else None
+    return MemoryState(
+        batch=batch,
+        npatch=torch.zeros(batch, dtype=torch.long, device=device),
+        slots=m.slot_init[None].repeat(batch, 1, 1) if cfg.msm else None,
+        lsm=lsm,
+    )
+
+
+# ---------------------------------------------------------------------------------- latent
+def windowed_block(block, x, rope, pk, pv, pvalid, window: int, n_real: Tensor):
+    """One latent block whose attention sees the ``window`` most recent patches, the carried
+    ones (``pk``/``pv`` (B, H, W, hd), right-aligned, ``pvalid`` (B, W)) included. Returns the
+    output and the new carried keys/values/validity (the last ``window`` real patches)."""
+    a = block.attn
+    B, T, C = x.shape
+    W = window
+    q, k, v = a.qkv(block.attn_norm(x)).view(B, T, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+    K, V = torch.cat([pk.to(k.dtype), k], 2), torch.cat([pv.to(v.dtype), v], 2)
+    i = torch.arange(T, device=x.device)[:, None]
+    s = torch.arange(W, device=x.device)[None, :]
+    j = torch.arange(T, device=x.device)[None, :]
+    pmask = (s > i)[None] & pvalid[:, None, :]  # carried slot s is W - s patches back
+    cmask = ((j <= i) & (i - j < W))[None].expand(B, -1, -1)
+    y = F.scaled_dot_product_attention(q, K, V, attn_mask=torch.cat([pmask, cmask], -1)[:, None])
+    x = x + a.proj(y.transpose(1, 2).reshape(B, T, C))
+    x = x + block.mlp(block.mlp_norm(x))
+    valid = torch.cat([pvalid, j.expand(B, -1) < n_real[:, None]], 1)
+    idx = n_real[:, None] + torch.arange(W, device=x.device)[None, :]  # (B, W)
+    gi = idx[:, None, :, None].expand(B, K.shape[1], W, K.shape[3])
+    return x, K.gather(2, gi), V.gather(2, gi), valid.gather(1, idx)
+
+
+# ---------------------------------------------------------------------------------- HMR read
+def read_memory(
+    mem: MemoryRouter,
+    x: Tensor,
+    ends: Tensor,
+    n_real: Tensor,
+    state: MemoryState,
+    commit: bool,
+    stats: dict[str, Tensor],
+) -> tuple[Tensor, dict]:
+    """Add the routed MSM/LSM reads to patch states ``x`` (B, P, D); return the new x and
+    what the segment writes (applied to ``state`` by the caller if ``commit``)."""
+    cfg = mem.cfg
+    B, P, D = x.shape
+    dev = x.device
+    pidx = torch.arange(P, device=dev)[None, :].expand(B, -1)
+    real = pidx < n_real[:, None]
+    start = F.pad(ends, (1, 0), value=True)[:, :-1]
+    phid = (start.long().cumsum(1) - 1).masked_fill(~real, 0)  # padding joins phase 0
+    n_ph = int(phid.max()) + 1
+    # phase summaries (mean of the phase's patches), last patch of each phase, which ended
+    onehot = F.one_hot(phid, n_ph).to(x.dtype) * real[..., None].to(x.dtype)  # (B, P, F)
+    count = onehot.sum(1).clamp(min=1)
+    u = torch.einsum("bpf,bpd->bfd", onehot, x) / count[..., None]
+    ended = torch.zeros(B, n_ph, dtype=torch.bool, device=dev).scatter_reduce(
+        1, phid, ends & real, reduce="amax"
+    )
+    last_pos = torch.where(ends & real, pidx, -1)
+    last_pos = torch.full((B, n_ph), -1, device=dev).scatter_reduce(1, phid, last_pos, "amax")
+    last_x = x.gather(1, last_pos.clamp(min=0)[..., None].expand(-1, -1, D))
+    prev = state.prev_x if state.prev_x is not None else x.new_zeros(B, D)
+    src = torch.cat([prev[:, None].to(x.dtype), last_x[:, :-1]], 1)  # (B, F, D) per phase
+    gate = mem.gate(src)  # (B, F, 3)
+    g = gate.gather(1, phid[..., None].expand(-1, -1, 3)).to(x.dtype)  # per patch
+    writes: dict = {"x": x}
+    out = torch.zeros_like(x)
+    same = phid[:, :, None] == torch.arange(n_ph, device=dev)[None, None, :]  # (B, P, F)
+
+    if cfg.msm:
+        slots = [state.slots.to(x.dtype)]
+        for f in range(n_ph):  # the write of phase f is seen by phases after f
+            new = mem.msm_update(slots[-1], u[:, f])
+            slots.append(torch.where(ended[:, f, None, None], new, slots[-1]))
+        hist = torch.stack(slots[:-1], 1)  # (B, F, M, D): what phase f reads
+        M = hist.shape[2]
+        bias = torch.where(same, 0.0, float("-inf")).repeat_interleave(M, dim=2)
+        r = mem.attend(mem.msm_q, mem.msm_kv, mem.msm_out, x, hist.flatten(1, 2), bias)
+        out = out + g[..., 1:2] * r
+        writes["slots"] = slots[-1]
+
+    if cfg.lsm:
+        L = cfg.max_phase
+        keys = F.normalize(mem.key(u), dim=-1)  # (B, F, K)
+        queries = F.normalize(mem.query(src), dim=-1)
+        wlog = F.logsigmoid(mem.write(u)[..., 0].float())  # (B, F)
+        written = ended & (wlog >= math.log(0.5)) if not mem.training else ended
+        # this segment's phases as candidates (phase j serves phases after it)
+        slot_in_phase = (pidx - torch.where(start, pidx, 0).cummax(1).values).clamp(max=L - 1)
+        # padding patches scatter into one spare slot past the end, dropped after
+        flat = torch.where(real, phid * L + slot_in_phase, n_ph * L)
+        vals = x.new_zeros(B, n_ph * L + 1, D).scatter(1, flat[..., None].expand(-1, -1, D), x)
+        vals = vals[:, :-1].view(B, n_ph, L, D)
+        vmask = torch.zeros(B, n_ph * L + 1, dtype=torch.bool, device=dev).scatter(1, flat, real)
+        vmask = vmask[:, :-1].view(B, n_ph, L)
+        temp = mem.log_temp.exp()
+        s_in = torch.einsum("bqk,bjk->bqj", queries, keys).float()
+        ok_in = written[:, None, :] & torch.ones(n_ph, n_ph, dtype=torch.bool, device=dev).tril(-1)
+        s_in = s_in.masked_fill(~ok_in, float("-inf"))
+        s_st, pos_st = (
+            state.lsm.search(queries.float(), cfg.top_k)
+            if state.lsm is not None
+            else (s_in[..., :0], s_in[..., :0].long())
+        )
+        k = min(cfg.top_k, s_in.shape[-1] + s_st.shape[-1])
+        top_s, top_i = torch.cat([s_st, s_in], -1).topk(k, dim=-1)  # (B, F, k)
+        n_st = s_st.shape[-1]
+        from_store = top_i < n_st
+        # gather values and write biases of the chosen phases
+        if n_st:
+            st = state.lsm
+            sp = pos_st.gather(2, top_i.clamp(max=n_st - 1))
+            st_vals = st.values.to(x.dtype)[torch.arange(B, device=dev)[:, None, None], sp]
+            st_mask = st.vmask[torch.arange(B, device=dev)[:, None, None], sp]
+            st_logw = st.logw.gather(1, sp.flatten(1)).view_as(sp)
+        else:
+            sp = top_i
+            st_vals = vals.new_zeros(B, n_ph, k, L, D)
+            st_mask = vmask.new_zeros(B, n_ph, k, L)
+            st_logw = wlog.new_zeros(B, n_ph, k)
+        ip = (top_i - n_st).clamp(min=0)
+        in_vals = vals[torch.arange(B, device=dev)[:, None, None], ip]
+        in_mask = vmask[torch.arange(B, device=dev)[:, None, None], ip]
+        in_logw = wlog.gather(1, ip.flatten(1)).view_as(ip)
+        fs = from_store[..., None]
+        r_vals = torch.where(fs[..., None], st_vals, in_vals)  # (B, F, k, L, D)
+        r_mask = torch.where(fs, st_mask, in_mask) & torch.isfinite(top_s)[..., None]
+        r_logw = torch.where(from_store, st_logw, in_logw)
+        phase_bias = temp * top_s.masked_fill(~torch.isfinite(top_s), 0) + (
+            r_logw if mem.training else 0.0
+        )
+        bias = torch.where(r_mask, phase_bias[..., None], float("-inf"))  # (B, F, k, L)
+        bias = bias.flatten(2)[:, None].expand(-1, P, -1, -1)  # (B, P, F, k*L)
+        bias = torch.where(same[..., None], bias, float("-inf")).flatten(2)
+        kpos = torch.arange(L, device=dev).repeat(n_ph * k)[None].expand(B, -1)
+        r = mem.attend(
+            mem.lsm_q, mem.lsm_kv, mem.lsm_out, x, r_vals.flatten(1, 3), bias, slot_in_phase, kpos
+        )
+        out = out + g[..., 2:3] * r
+        writes.update(keys=keys, vals=vals, vmask=vmask, wlog=wlog, written=written)
+        if commit and n_st and not mem.training:
+            state.lsm.touch(sp, from_store & torch.isfinite(top_s), state.pos)
+        ew = ended.float()  # the decision (p >= 0.5), also in training, where all are kept
+        decided = (wlog >= math.log(0.5)).float()
+        stats["write_rate"] = (decided * ew).sum() / ew.sum().clamp(min=1)
+
+    ew = ended.float()[..., None]
+    share = (gate * ew).sum((0, 1)) / ew.sum().clamp(min=1)
+    for t, name in enumerate(TIERS):
+        stats[f"read_{name}"] = share[t]
+    return x + out, writes
+
+
+def commit_writes(state: MemoryState, writes: dict, n_real: Tensor) -> None:
+    """Carry what this segment wrote into the state."""
+    B = n_real.shape[0]
+    last = (n_real - 1).clamp(min=0)
+    x_last = writes["x"].gather(1, last[:, None, None].expand(-1, 1, writes["x"].shape[-1]))
+    state.prev_x = x_last[:, 0]
+    if "slots" in writes:
+        state.slots = writes["slots"]
+    if state.lsm is not None and "keys" in writes:
+        state.lsm.add(
+            writes["keys"],
+            writes["vals"],
+            writes["vmask"],
+            writes["wlog"],
+            writes["written"],
+            state.pos,
+        )
+    assert state.batch == B

@@ -1,0 +1,196 @@
+"""The long-term memory (LSM) store: one unit-norm key per semantic phase, that phase's patch
+states as values, searched top-k by inner product.
+
+Rows of a batch are independent streams, each with its own entries; entries are kept as padded
+tensors ``(B, N, ...)`` with a validity mask, so a training sequence keeps them differentiable
+(stored keys get gradient through the retrieval scores; without that the key space does not
+learn). Search is exact torch matmul while a row holds at most ``faiss_threshold`` entries;
+above it (never in training: faiss gives no gradient) each row searches its own faiss index:
+an inverted-file index over inner products (``IndexIVFFlat``, approximate, ``nprobe`` lists per
+query) which supports ``remove_ids`` (eviction) unlike HNSW. Either way the scores of the
+chosen entries are recomputed in torch, so both paths return the same kind of result.
+
+Capacity: at most ``capacity`` entries per row; beyond it the least recently used entries go
+(an entry is "used" when written and whenever a query retrieves it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class LongTermStore:
+    def __init__(self, batch: int, capacity: int, faiss_threshold: int, nprobe: int) -> None:
+        self.batch, self.capacity = batch, capacity
+        self.faiss_threshold, self.nprobe = faiss_threshold, nprobe
+        self.keys: Tensor | None = None  # (B, N, K) unit norm
+        self.values: Tensor | None = None  # (B, N, L, D) patch states of the phase
+        self.vmask: Tensor | None = None  # (B, N, L) which value slots are real patches
+        self.logw: Tensor | None = None  # (B, N) log write probability (a retrieval bias)
+        self.valid: Tensor | None = None  # (B, N) bool
+        self.used: Tensor | None = None  # (B, N) clock of last write/retrieval (LRU)
+        self.ids: Tensor | None = None  # (B, N) int64, increasing along N: faiss ids
+        self.next_id = 0
+        self._index: list = [None] * batch  # per-row faiss index (built lazily, eval only)
+
+    @classmethod
+    def of_keys(cls, keys: Tensor, faiss_threshold: int, nprobe: int) -> LongTermStore:
+        """One stream holding just these keys (1, N, K) and no values: for lookup tests and
+        the latency benchmark."""
+        n = keys.shape[1]
+        store = cls(1, n, faiss_threshold, nprobe)
+        ones = torch.ones(1, n, dtype=torch.bool)
+        store.add(keys, torch.zeros(1, n, 1, 1), ones[..., None], torch.zeros(1, n), ones, 0)
+        return store
+
+    # ---------------------------------------------------------------------------- basics
+    def __len__(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[1]
+
+    def counts(self) -> Tensor:
+        """Valid entries per row (B,)."""
+        if self.valid is None:
+            return torch.zeros(self.batch, dtype=torch.long)
+        return self.valid.sum(1)
+
+    def detach(self) -> None:
+        for name in ("keys", "values", "logw"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.detach())
+
+    def select(self, rows: Tensor) -> None:
+        for name in ("keys", "values", "vmask", "logw", "valid", "used", "ids"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t[rows.to(t.device)])
+        self._index = [self._index[int(r)] for r in rows]
+        self.batch = len(rows)
+
+    # ---------------------------------------------------------------------------- write
+    def add(
+        self, keys: Tensor, values: Tensor, vmask: Tensor, logw: Tensor, valid: Tensor, clock: int
+    ) -> None:
+        """Append ``(B, n, ...)`` entries (``valid`` marks real ones), then evict past capacity."""
+        B, n = valid.shape
+        if n == 0:
+            return
+        ids = self.next_id + torch.arange(B * n, device=valid.device).view(n, B).T
+        self.next_id += B * n
+        used = torch.full((B, n), clock, dtype=torch.long, device=valid.device)
+        new = dict(
+            keys=keys, values=values, vmask=vmask, logw=logw, valid=valid, used=used, ids=ids
+        )
+        for name, t in new.items():
+            old = getattr(self, name)
+            setattr(self, name, t if old is None else torch.cat([old, t], dim=1))
+        for b in range(B):  # keep faiss indexes in step
+            if self._index[b] is not None:
+                self._faiss_add(b, valid[b].nonzero()[:, 0] + (len(self) - n))
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop invalid padding and the least recently used entries above capacity, keeping
+        the order of what stays (ids stay increasing)."""
+        counts = self.counts()
+        keep_n = int(min(int(counts.max()), self.capacity))
+        if keep_n == len(self):
+            return
+        N = len(self)
+        score = torch.where(self.valid, self.used, torch.full_like(self.used, -(2**62)))
+        # prefer recent use; ties broken towards newer entries
+        score = score * (N + 1) + torch.arange(N, device=score.device)
+        keep = score.topk(keep_n, dim=1).indices.sort(dim=1).values  # (B, keep_n)
+        dropped = torch.ones_like(self.valid).scatter(1, keep, False) & self.valid
+        for b in range(self.batch):
+            if self._index[b] is not None and dropped[b].any():
+                self._index[b].remove_ids(self.ids[b][dropped[b]].cpu().numpy())
+        for name in ("keys", "values", "vmask", "logw", "valid", "used", "ids"):
+            t = getattr(self, name)
+            idx = keep.view(*keep.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
+            setattr(self, name, t.gather(1, idx))
+
+    # ---------------------------------------------------------------------------- search
+    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Top-``k`` entries per query: scores (B, Q, k) (``-inf`` where a row has fewer) and
+        positions (B, Q, k) into this store's N axis."""
+        B, Q, _ = queries.shape
+        k = min(k, len(self))
+        if k == 0:
+            return queries.new_full((B, Q, 0), float("-inf")), queries.new_zeros(
+                (B, Q, 0), dtype=torch.long
+            )
+        use_faiss = not torch.is_grad_enabled() or not self.keys.requires_grad
+        use_faiss = use_faiss and int(self.counts().max()) > self.faiss_threshold
+        if use_faiss:
+            pos = torch.stack([self._faiss_search(b, queries[b], k) for b in range(B)])
+        else:
+            s = torch.einsum("bqk,bnk->bqn", queries, self.keys.to(queries.dtype))
+            s = s.masked_fill(~self.valid[:, None, :], float("-inf"))
+            pos = s.topk(k, dim=-1).indices
+        keys = self.keys.to(queries.dtype).gather(
+            1, pos.reshape(B, Q * k, 1).expand(-1, -1, self.keys.shape[-1])
+        )
+        scores = (queries[:, :, None, :] * keys.view(B, Q, k, -1)).sum(-1)
+        ok = self.valid.gather(1, pos.reshape(B, -1)).view(B, Q, k)
+        return scores.masked_fill(~ok, float("-inf")), pos
+
+    def touch(self, pos: Tensor, hit: Tensor, clock: int) -> None:
+        """Mark retrieved entries ``pos`` (B, ...) where ``hit`` as used now (LRU)."""
+        if self.used is None or pos.numel() == 0:
+            return
+        B = pos.shape[0]
+        p, h = pos.reshape(B, -1), hit.reshape(B, -1)
+        self.used = self.used.scatter(1, p, torch.where(h, clock, self.used.gather(1, p)))
+
+    def _faiss_add(self, b: int, pos: Tensor) -> None:
+        if len(pos):
+            x = self.keys[b, pos].detach().float().cpu().numpy()
+            self._index[b].add_with_ids(np.ascontiguousarray(x), self.ids[b, pos].cpu().numpy())
+
+    def _faiss_search(self, b: int, q: Tensor, k: int) -> Tensor:
+        if self._index[b] is None:
+            self._index[b] = build_ivf(self.keys[b][self.valid[b]], self.nprobe)
+            self._faiss_add(b, self.valid[b].nonzero()[:, 0])
+        _, found = self._index[b].search(np.ascontiguousarray(q.detach().float().cpu().numpy()), k)
+        found = torch.from_numpy(found).to(self.ids.device)
+        pos = torch.searchsorted(self.ids[b].contiguous(), found.clamp(min=0))
+        pos = pos.clamp(max=len(self) - 1)
+        # faiss pads missing results with -1: point them at an entry that search masks out
+        return torch.where(found >= 0, pos, self._invalid_pos(b, pos))
+
+    def _invalid_pos(self, b: int, like: Tensor) -> Tensor:
+        bad = (~self.valid[b]).nonzero()[:, 0]
+        fill = int(bad[0]) if len(bad) else 0
+        return torch.full_like(like, fill)
+
+    # ---------------------------------------------------------------------------- persistence
+    def tensors(self) -> dict[str, Tensor]:
+        if self.keys is None:
+            return {}
+        names = ("keys", "values", "vmask", "logw", "valid", "used", "ids")
+        return {f"lsm.{n}": getattr(self, n).detach().contiguous() for n in names}
+
+    def load_tensors(self, tensors: dict[str, Tensor], next_id: int) -> None:
+        for n in ("keys", "values", "vmask", "logw", "valid", "used", "ids"):
+            setattr(self, n, tensors.get(f"lsm.{n}"))
+        self.batch = self.batch if self.keys is None else self.keys.shape[0]
+        self.next_id = next_id
+        self._index = [None] * self.batch  # rebuilt from the keys on the next large search
+
+
+def build_ivf(keys: Tensor, nprobe: int):
+    """An inner-product IVF index trained on (a sample of) these keys, ``nlist`` ~ sqrt(N)."""
+    import faiss
+
+    x = np.ascontiguousarray(keys.detach().float().cpu().numpy())
+    n, d = x.shape
+    nlist = max(1, min(int(math.sqrt(n)), n // 39))
+    index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(x[np.random.default_rng(0).permutation(n)[: 64 * nlist]])
+    faiss.extract_index_ivf(index).nprobe = min(nprobe, nlist)
+    return index

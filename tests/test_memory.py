@@ -1,0 +1,232 @@
+"""Hierarchical Memory Router: exact streaming, causality, persistence, the store, the router."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pdclm.config import ConfigError, load_preset, validate
+from pdclm.memory.store import LongTermStore
+from pdclm.memory.stream import MemoryStream
+from pdclm.model.pdclm import PDCLM
+from pdclm.train.loop import make_optimizer
+
+
+def memory_model(segment: int = 64, seed: int = 0, **memory) -> tuple[PDCLM, object]:
+    """A tiny memory model with stride patches (so cuts line up) and non-silent memory reads."""
+    cfg = load_preset("tiny")
+    mc = cfg.model.memory
+    mc.enabled, mc.segment, mc.window, mc.max_phase = True, segment, 128, 4
+    for k, v in memory.items():
+        setattr(mc, k, v)
+    cfg.pse.patcher.rule, cfg.pse.patcher.max_len, cfg.pse.patcher.target_mean = "stride", 4, 4.0
+    torch.manual_seed(seed)
+    model = PDCLM(cfg.pse, cfg.model)
+    with torch.no_grad():
+        for p in model.memory.parameters():
+            p.normal_(std=0.3)
+        model.memory.write.weight.mul_(0.1)
+        model.memory.write.bias.fill_(3.0)  # phases get written
+    return model.eval(), cfg
+
+
+def letters(n: int, rows: int = 2, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(97, 123, (rows, n), generator=g)
+
+
+def test_disabled_memory_leaves_the_model_unchanged():
+    cfg = load_preset("tiny")
+    torch.manual_seed(0)
+    plain = PDCLM(cfg.pse, cfg.model)
+    assert plain.memory is None
+    assert not any(k.startswith("memory") for k in plain.state_dict())
+    cfg.model.memory.enabled = True
+    torch.manual_seed(0)
+    mem = PDCLM(cfg.pse, cfg.model)
+    # the memory's parameters come last: everything else starts identical
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, mem.state_dict()[k]), k
+
+
+def test_config_checks_segment_against_seq_len():
+    cfg = load_preset("tiny")
+    cfg.model.memory.enabled = True
+    cfg.model.memory.segment = 48  # tiny seq_len 128 is no multiple
+    with pytest.raises(ConfigError, match="multiple of model.memory.segment"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("tiers", [{}, {"msm": False}, {"lsm": False}, {"router": "equal"}])
+def test_segments_equal_one_pass_when_the_window_covers_all(tiers):
+    one, _ = memory_model(256, **tiers)
+    seg, _ = memory_model(64, **tiers)
+    seg.load_state_dict(one.state_dict())
+    tokens = letters(257)
+    with torch.no_grad():
+        a, b = one(tokens), seg(tokens)
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert one.memory.last_stats["read_lsm"] == pytest.approx(seg.memory.last_stats["read_lsm"])
+
+
+def test_without_ssm_segments_do_not_see_each_other():
+    one, _ = memory_model(256, ssm=False, msm=False, lsm=False)
+    seg, _ = memory_model(64, ssm=False, msm=False, lsm=False)
+    seg.load_state_dict(one.state_dict())
+    tokens = letters(257)
+    with torch.no_grad():
+        assert not torch.allclose(one(tokens)[:, 70:], seg(tokens)[:, 70:], atol=1e-4)
+
+
+def test_generation_stream_equals_the_forward():
+    model, _ = memory_model(32)
+    tokens = letters(120)
+    with torch.no_grad():
+        full = model(tokens)
+    stream = MemoryStream(model, 2)
+    steps = torch.stack([stream.push(tokens[:, t]) for t in range(100)], 1)
+    assert torch.allclose(steps, full[:, :100], atol=1e-5)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_future_symbols_never_change_past_outputs(train):
+    model, _ = memory_model(32)
+    model.train(train)
+    a = letters(160, seed=3)
+    b = a.clone()
+    b[:, 90:] = letters(70, seed=4)  # a different future from symbol 90 on
+    b[:, 95] = ord(".")  # including phase ends the past never saw
+    with torch.no_grad():
+        la, lb = model(a), model(b)
+    # logits j predict symbol j+1 from symbols <= j: identical up to j = 89
+    assert torch.allclose(la[:, :90], lb[:, :90], atol=1e-6)
+    assert not torch.allclose(la[:, 90:], lb[:, 90:], atol=1e-3)
+
+
+def test_memory_saves_and_loads_exactly(tmp_path):
+    model, _ = memory_model(32)
+    tokens = letters(150, rows=1)
+    whole = MemoryStream(model, 1)
+    ref = [whole.push(tokens[:, t]) for t in range(150)]
+    first = MemoryStream(model, 1)
+    for t in range(77):  # stops mid-segment: the open segment is saved too
+        first.push(tokens[:, t])
+    first.save(tmp_path / "mem")
+    again = MemoryStream.load(model, tmp_path / "mem")
+    assert again.state.lsm is not None and int(again.state.lsm.counts().sum()) > 0
+    rest = [again.push(tokens[:, t]) for t in range(77, 150)]
+    assert torch.allclose(torch.stack(rest), torch.stack(ref[77:]), atol=1e-6)
+    # reset: a fresh stream is the fresh model again
+    fresh = MemoryStream(model, 1)
+    assert torch.allclose(fresh.push(tokens[:, 0]), ref[0])
+    other, _ = memory_model(32, slots=4)
+    with pytest.raises(ConfigError, match="different memory config"):
+        MemoryStream.load(other, tmp_path / "mem")
+
+
+def test_router_gate_sums_to_one_and_starts_local():
+    cfg = load_preset("tiny")
+    cfg.model.memory.enabled = True
+    model = PDCLM(cfg.pse, cfg.model)
+    src = torch.randn(3, 5, cfg.model.latent.dim)
+    g = model.memory.gate(src)
+    assert torch.allclose(g.sum(-1), torch.ones(3, 5))
+    assert (g[..., 0] > 0.7).all()  # favours the SSM at init
+    model.memory.cfg = dataclasses.replace(model.memory.cfg, msm=False, router="equal")
+    g = model.memory.gate(src)
+    assert torch.allclose(g, torch.tensor([0.5, 0.0, 0.5]).expand_as(g))
+
+
+def test_router_learns_faster_without_weight_decay():
+    cfg = load_preset("tiny")
+    cfg.model.memory.enabled = True
+    model = PDCLM(cfg.pse, cfg.model)
+    groups = make_optimizer(model, cfg.train).param_groups
+    fast = [g for g in groups if g.get("lr_scale")]
+    assert len(fast) == 1 and fast[0]["weight_decay"] == 0.0
+    assert fast[0]["lr_scale"] == cfg.model.memory.router_lr_scale
+    ids = {id(p) for p in fast[0]["params"]}
+    assert id(model.memory.router.bias) in ids and id(model.memory.write.weight) in ids
+
+
+def unit(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(1, n, d, generator=g), dim=-1)
+
+
+def filled_store(keys: torch.Tensor, capacity: int | None = None) -> LongTermStore:
+    store = LongTermStore.of_keys(keys, faiss_threshold=keys.shape[1], nprobe=32)
+    store.capacity = capacity or store.capacity
+    return store
+
+
+def test_store_exact_search_returns_true_nearest_neighbours():
+    keys, q = unit(500, 16, 0), unit(20, 16, 1)
+    scores, pos = filled_store(keys).search(q, 5)
+    true = (q[0] @ keys[0].T).topk(5, dim=-1)
+    assert torch.equal(pos[0], true.indices)
+    assert torch.allclose(scores[0], true.values, atol=1e-6)
+
+
+def test_store_faiss_mode_has_high_recall():
+    keys = unit(20_000, 16, 2)
+    q = torch.nn.functional.normalize(keys[:, :200] + 0.3 * unit(200, 16, 3), dim=-1)
+    store = filled_store(keys)
+    with torch.no_grad():
+        _, exact = store.search(q, 4)
+        store.faiss_threshold = 0
+        _, approx = store.search(q, 4)
+    recall = np.mean(
+        [
+            len(set(a.tolist()) & set(b.tolist())) / 4
+            for a, b in zip(exact[0], approx[0], strict=True)
+        ]
+    )
+    assert recall >= 0.9
+
+
+def test_store_evicts_the_least_recently_used():
+    store = filled_store(unit(8, 4, 4), capacity=8)
+    store.touch(torch.tensor([[1, 2]]), torch.tensor([[True, True]]), clock=5)
+    new = unit(3, 4, 5)
+    store.add(
+        new,
+        torch.zeros(1, 3, 1, 1),
+        torch.ones(1, 3, 1, dtype=torch.bool),
+        torch.zeros(1, 3),
+        torch.ones(1, 3, dtype=torch.bool),
+        clock=6,
+    )
+    assert len(store) == 8
+    kept = store.ids[0].tolist()
+    assert 1 in kept and 2 in kept  # recently retrieved survive
+    assert all(i not in kept for i in (0, 3, 4))  # the oldest unused go first
+    assert kept == sorted(kept)
+
+
+def test_generate_keeps_memory_across_processes(tmp_path, capsys):
+    from pdclm.cli import main
+    from pdclm.model.io import save_model
+
+    model, cfg = memory_model(32)
+    save_model(model, cfg, tmp_path / "model")
+    mem = tmp_path / "mem"
+    args = ["generate", "--preset", "tiny", "--ckpt", str(tmp_path / "model"), "--memory", str(mem)]
+    assert main([*args, "The pass key is 12345. Remember it.", "--max-bytes", "8"]) == 0
+    first = json.loads((mem / "memory.json").read_text())
+    assert main([*args, "What is the pass key?", "--max-bytes", "8"]) == 0
+    second = json.loads((mem / "memory.json").read_text())
+    assert second["pos"] > first["pos"] >= 32  # the second process went on from the first
+    assert sum(second["stored_phases"]) >= sum(first["stored_phases"]) > 0
+    plain = tmp_path / "plain"
+    save_model(
+        PDCLM(load_preset("tiny").pse, load_preset("tiny").model), load_preset("tiny"), plain
+    )
+    assert (
+        main(["generate", "--preset", "tiny", "--ckpt", str(plain), "--memory", str(mem), "x"]) == 2
+    )
+    assert "model.memory.enabled" in capsys.readouterr().err
