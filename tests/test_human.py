@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_pipeline import common
 from test_reflective import _tiny_model
 
 from pdclm.cli import main
@@ -210,9 +209,24 @@ def test_an_interrupted_labelling_session_keeps_every_verdict_and_resumes(tmp_pa
 
 def test_bench_human_runs_end_to_end_on_the_tiny_preset(tmp_path, corpus):
     out = tmp_path / "bench"
-    argv = ["bench", "human", *common(tmp_path, corpus)]
-    argv += ["--train.steps", "10", "--cognitive.steps", "4"]
-    argv += ["--out", str(out), "--json", str(tmp_path / "human.json")]
+    argv = [
+        "bench",
+        "human",
+        "--preset",
+        "tiny",
+        "--data.dir",
+        str(tmp_path / "data"),
+        "--data.sources",
+        str(corpus),
+        "--train.steps",
+        "10",
+        "--cognitive.steps",
+        "4",
+        "--out",
+        str(out),
+        "--json",
+        str(tmp_path / "human.json"),
+    ]
     assert main(argv) == 0
     result = json.loads((tmp_path / "human.json").read_text())
     assert (tmp_path / "human.png").exists() and (out / "bench_human.png").exists()
