@@ -321,7 +321,7 @@ def bench_memory(cfg: Config, out: Path | None = None) -> dict[str, Any]:
             "passkey_64x_at_least_0.80": full["passkey"]["64"] >= 0.80,
             "lower_long_bpb_with_memory": full["long_bpb"] < none["long_bpb"],
         },
-        "claims": claims(rows),
+        "goals": goal_rows(rows),
     }
     plot_memory(result, out_dir / "bench_memory.png")
     (out_dir / "bench_memory.json").write_text(json.dumps(result, indent=2))
@@ -329,8 +329,9 @@ def bench_memory(cfg: Config, out: Path | None = None) -> dict[str, Any]:
     return result
 
 
-def claims(rows: dict[str, Any]) -> list[dict[str, Any]]:
-    """Claims-table rows (see the project's claims contract): memory vs none, same budget."""
+def goal_rows(rows: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's memory goals as rows of the claims report's goals table (memory against
+    none, same budget)."""
     full, none = rows["full"], rows["none"]
     out = []
     for mult in ("16", "64"):
