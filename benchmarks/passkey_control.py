@@ -48,8 +48,11 @@ def main(rows: int, seconds: float, n: int = 128) -> None:
         step += 1
         if step % 200 == 0:
             whole, digit = evaluate(model, n)
-            print(f"step {step} {time.time() - t0:.0f}s loss {loss.item():.3f} "
-                  f"key {whole:.2f} digit {digit:.2f}", flush=True)
+            print(
+                f"step {step} {time.time() - t0:.0f}s loss {loss.item():.3f} "
+                f"key {whole:.2f} digit {digit:.2f}",
+                flush=True,
+            )
     whole, digit = evaluate(model, n)
     print(f"final step {step}: whole key {whole:.2f}, per digit {digit:.2f}")
 

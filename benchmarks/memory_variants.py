@@ -1,0 +1,50 @@
+"""Train chosen `pdclm bench memory` variants with config overrides, one after another, and
+print each one's measurements (a quicker probe than the full six-variant bench).
+
+    .venv/bin/python benchmarks/memory_variants.py OUT none,full train.batch=32 \
+        bench.memory_seconds=150 bench.memory_trials=16 bench.memory_docs=1
+"""
+
+import json
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+from pdclm.config import load_preset, resolve
+from pdclm.eval.memory import VARIANTS, _run_variant, variant_config
+from pdclm.model.io import save_model
+from pdclm.pipeline import RunContext
+from pdclm.train.pretrain import prepare_pse
+
+
+def main(out: Path, variants: list[str], overrides: list[str]) -> None:
+    cfg = load_preset("tiny")
+    for kv in overrides:
+        key, value = kv.split("=")
+        *path, last = key.split(".")
+        obj = cfg
+        for p in path:
+            obj = getattr(obj, p)
+        cur = getattr(obj, last)
+        setattr(obj, last, value == "true" if isinstance(cur, bool) else type(cur)(value))
+    resolve(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "pse").exists():
+        pse = prepare_pse(RunContext(cfg, out, progress=False))
+        save_model(pse.model, cfg, out / "pse")
+        cfg.pse.patcher.threshold = pse.model.threshold.item()
+    else:
+        saved = json.loads((out / "pse/config.json").read_text())
+        cfg.pse.patcher.threshold = saved["pse"]["patcher"]["threshold"]
+    for name in variants:
+        queue = mp.get_context("spawn").Queue()
+        t0 = time.time()
+        _run_variant(name, variant_config(cfg, VARIANTS[name]), str(out), queue)
+        result = queue.get()
+        result.pop("router")
+        print(name, json.dumps(result), f"{time.time() - t0:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:])
