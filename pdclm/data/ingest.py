@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pdclm.config import DataConfig
+from pdclm.train.checkpoint import atomic_write, sha256
 from pdclm.vocab import BOS, EOS
 
 FORMAT_VERSION = 2
@@ -58,24 +59,6 @@ class Document:
 
 # --------------------------------------------------------------------------------------------
 # small helpers
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``path.tmp``, flush it to disk, then rename: readers never see a partial file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any] | None:
@@ -368,7 +351,7 @@ def _recover(out: Path, manifest: dict[str, Any]) -> None:
     keep = []
     for s in manifest["shards"]:
         path = out / s["name"]
-        if not path.is_file() or sha256_file(path) != s["sha256"]:
+        if not path.is_file() or sha256(path) != s["sha256"]:
             print(f"warning: {path} is missing or corrupt; rebuilding from it", file=sys.stderr)
             break
         keep.append(s)

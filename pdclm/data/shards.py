@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pdclm.data.ingest import SPLITS, DataError, atomic_write, read_manifest
+from pdclm.data.ingest import SPLITS, DataError, read_manifest
+from pdclm.train.checkpoint import atomic_write
 
 Batch = tuple[np.ndarray, np.ndarray | None]
 

@@ -363,11 +363,12 @@ def _child(name: str, cfg: Config, out_dir: str, prep: dict, seconds: float, que
     queue.put(train_arm(name, cfg, Path(out_dir), prep, seconds, save=True))
 
 
-def train_spawned(name: str, cfg: Config, out_dir: Path, prep: dict, seconds: float) -> dict:
-    """:func:`train_arm` in a fresh process: its peak RSS is this model's alone."""
+def run_spawned(name: str, target: Callable[..., None], *args: Any) -> Any:
+    """``target(*args, queue)`` in a fresh process, so its peak RSS is its own; returns what it
+    puts on the queue, or raises a clear error if the child dies before it does."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(name, cfg, str(out_dir), prep, seconds, queue))
+    proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
     while True:
         try:
@@ -380,6 +381,11 @@ def train_spawned(name: str, cfg: Config, out_dir: Path, prep: dict, seconds: fl
                 ) from None
     proc.join()
     return result
+
+
+def train_spawned(name: str, cfg: Config, out_dir: Path, prep: dict, seconds: float) -> dict:
+    """:func:`train_arm` in a fresh process: its peak RSS is this model's alone."""
+    return run_spawned(name, _child, name, cfg, str(out_dir), prep, seconds)
 
 
 # --------------------------------------------------------------------------------- pretrain

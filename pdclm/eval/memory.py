@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import multiprocessing as mp
 import resource
 import time
 from pathlib import Path
@@ -35,7 +34,9 @@ import numpy as np
 import torch
 
 from pdclm.config import Config
+from pdclm.eval.bench import run_spawned, stamp
 from pdclm.memory.tasks import assoc_recall, greedy_correct, passkey
+from pdclm.train.checkpoint import write_json_atomic
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -279,16 +280,10 @@ def bench_memory(cfg: Config, out: Path | None = None) -> dict[str, Any]:
     pse = prepare_pse(RunContext(cfg, out_dir))
     save_model(pse.model, cfg, out_dir / "pse")
     pse_seconds = time.perf_counter() - t0
-    ctx = mp.get_context("spawn")
     rows: dict[str, Any] = {}
     for name, overrides in VARIANTS.items():
         vcfg = variant_config(cfg, overrides)
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_run_variant, args=(name, vcfg, str(out_dir), queue))
-        proc.start()
-        rows[name] = queue.get()
-        proc.join()
-        r = rows[name]
+        r = rows[name] = run_spawned(name, _run_variant, name, vcfg, str(out_dir))
         print(
             f"{name:>10}: passkey {r['passkey']}, recall {r['recall']}, "
             f"long bpb {r['long_bpb']:.3f}, "
@@ -299,32 +294,33 @@ def bench_memory(cfg: Config, out: Path | None = None) -> dict[str, Any]:
         tuple(cfg.bench.memory_store_sizes), mem.key_dim, 64, mem.top_k, mem.nprobe
     )
     full, none = rows["full"], rows["none"]
-    result = {
-        "preset": cfg.preset,
-        "command": f"pdclm bench memory --preset {cfg.preset}",
-        "budget_seconds": cfg.bench.memory_seconds,
-        "train_seq_len": cfg.train.seq_len,
-        "segment": mem.segment,
-        "trials": cfg.bench.memory_trials,
-        "threads": torch.get_num_threads(),
-        "pse_prep_seconds": pse_seconds,
-        "variants": rows,
-        "lsm_latency": latency,
-        "ratios": {
-            "long_bpb_full_over_none": full["long_bpb"] / none["long_bpb"],
-            "train_bytes_per_s_full_over_none": full["train_bytes_per_s"]
-            / none["train_bytes_per_s"],
-            "peak_rss_full_over_none": full["peak_rss_mb"] / none["peak_rss_mb"],
+    result = stamp(
+        {
+            "budget_seconds": cfg.bench.memory_seconds,
+            "train_seq_len": cfg.train.seq_len,
+            "segment": mem.segment,
+            "trials": cfg.bench.memory_trials,
+            "threads": torch.get_num_threads(),
+            "pse_prep_seconds": pse_seconds,
+            "variants": rows,
+            "lsm_latency": latency,
+            "ratios": {
+                "long_bpb_full_over_none": full["long_bpb"] / none["long_bpb"],
+                "train_bytes_per_s_full_over_none": full["train_bytes_per_s"]
+                / none["train_bytes_per_s"],
+                "peak_rss_full_over_none": full["peak_rss_mb"] / none["peak_rss_mb"],
+            },
+            "goal": {
+                "passkey_16x_at_least_0.95": full["passkey"]["16"] >= 0.95,
+                "passkey_64x_at_least_0.80": full["passkey"]["64"] >= 0.80,
+                "lower_long_bpb_with_memory": full["long_bpb"] < none["long_bpb"],
+            },
+            "goals": goal_rows(rows),
         },
-        "goal": {
-            "passkey_16x_at_least_0.95": full["passkey"]["16"] >= 0.95,
-            "passkey_64x_at_least_0.80": full["passkey"]["64"] >= 0.80,
-            "lower_long_bpb_with_memory": full["long_bpb"] < none["long_bpb"],
-        },
-        "goals": goal_rows(rows),
-    }
+        cfg,
+    )
     plot_memory(result, out_dir / "bench_memory.png")
-    (out_dir / "bench_memory.json").write_text(json.dumps(result, indent=2))
+    write_json_atomic(out_dir / "bench_memory.json", result)
     print(table(result))
     return result
 

@@ -41,32 +41,33 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write beside ``path``, flush to disk and rename over it: a kill at any moment leaves
+    either the old file or the new one, never a torn one."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2).encode())
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     """One JSON object per line, all or nothing."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def append_jsonl_atomic(path: Path, row: dict) -> None:
-    """Add one JSON line to ``path``: the file is rewritten beside itself, flushed to disk and
-    renamed over the old one, so a kill at any moment leaves either the old file or the new
-    one, never a torn line (a plain append can leave half a line)."""
+    """Add one JSON line to ``path`` by rewriting it atomically (a plain append can leave half
+    a line)."""
     old = path.read_bytes() if path.exists() else b""
     if old and not old.endswith(b"\n"):
         old += b"\n"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(old + (json.dumps(row, ensure_ascii=False) + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, old + (json.dumps(row, ensure_ascii=False) + "\n").encode())
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
