@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from pdclm.cli import main
 from pdclm.config import ConfigError, load_preset, validate
+from pdclm.eval.memory import VARIANTS
 from pdclm.memory.store import LongTermStore
 from pdclm.memory.stream import MemoryStream
 from pdclm.model.pdclm import PDCLM
@@ -230,3 +232,18 @@ def test_generate_keeps_memory_across_processes(tmp_path, capsys):
         main(["generate", "--preset", "tiny", "--ckpt", str(plain), "--memory", str(mem), "x"]) == 2
     )
     assert "model.memory.enabled" in capsys.readouterr().err
+
+
+def test_bench_memory_runs_end_to_end_on_tiny(tmp_path):
+    out = tmp_path / "out"
+    argv = ["bench", "memory", "--preset", "tiny", "--data.dir", str(tmp_path / "data")]
+    argv += ["--bench.memory-seconds=2", "--bench.memory-trials=2", "--bench.memory-docs=1"]
+    argv += ["--bench.memory-store-sizes", "500", "1000", "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads((out / "bench_memory.json").read_text())
+    assert (out / "bench_memory.png").exists() and result["finished"]
+    assert set(result["variants"]) == set(VARIANTS)
+    for row in result["variants"].values():
+        assert set(row["passkey"]) == {"1", "4", "16", "64"} and row["long_bpb"] > 0
+    assert [r["entries"] for r in result["lsm_latency"]] == [500, 1000]
+    assert len(result["goals"]) == 3
