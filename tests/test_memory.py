@@ -14,8 +14,10 @@ from pdclm.config import ConfigError, load_preset, validate
 from pdclm.eval.memory import VARIANTS
 from pdclm.memory.store import LongTermStore
 from pdclm.memory.stream import MemoryStream
+from pdclm.memory.tasks import greedy_correct, greedy_hits, passkey
 from pdclm.model.pdclm import PDCLM
 from pdclm.train.loop import make_optimizer
+from pdclm.vocab import VOCAB_SIZE
 
 
 def memory_model(segment: int = 64, seed: int = 0, **memory) -> tuple[PDCLM, object]:
@@ -245,5 +247,24 @@ def test_bench_memory_runs_end_to_end_on_tiny(tmp_path):
     assert set(result["variants"]) == set(VARIANTS)
     for row in result["variants"].values():
         assert set(row["passkey"]) == {"1", "4", "16", "64"} and row["long_bpb"] > 0
+        assert set(row["passkey_digit"]) == set(row["passkey"])
+        # a whole key right means its every digit right
+        assert all(row["passkey_digit"][m] >= row["passkey"][m] for m in row["passkey"])
     assert [r["entries"] for r in result["lsm_latency"]] == [500, 1000]
     assert len(result["goals"]) == 3
+
+
+@pytest.mark.parametrize("digits", [1, 5])
+def test_passkey_scoring_accepts_the_key_and_rejects_a_wrong_digit(digits):
+    stream, answers = passkey(np.random.default_rng(0), 256, digits=digits)
+    assert len(stream) == 257 and len(answers) == digits
+    key = bytes(stream[a] for a in answers)
+    assert key.isdigit() and bytes(stream[1:]).count(key) >= 3  # stated twice, answered once
+    perfect = torch.nn.functional.one_hot(torch.tensor(stream[1:]), VOCAB_SIZE).float()
+    assert greedy_correct(perfect, stream, answers, digits) == [True]
+    wrong = perfect.clone()
+    last = answers[-1] - 1
+    wrong[last] = 0
+    wrong[last, ord("0") + (stream[answers[-1]] - ord("0") + 1) % 10] = 1  # next digit
+    assert greedy_hits(wrong, stream, answers) == [True] * (digits - 1) + [False]
+    assert greedy_correct(wrong, stream, answers, digits) == [False]

@@ -30,11 +30,11 @@ def _filler(n: int, offset: int = 0) -> bytes:
 
 
 def passkey(
-    rng: np.random.Generator, n: int, depth: float | None = None
+    rng: np.random.Generator, n: int, depth: float | None = None, digits: int = 5
 ) -> tuple[list[int], list[int]]:
     """A passkey stream of ``n + 1`` symbols; ``depth`` in [0, 1] places the key (random if
-    None)."""
-    key = "".join(str(d) for d in rng.integers(0, 10, 5))
+    None); the key has ``digits`` random digits."""
+    key = "".join(str(d) for d in rng.integers(0, 10, digits))
     needle = f"The pass key is {key}. Remember it. {key} is the pass key.\n".encode()
     ask = b"\nWhat is the pass key? The pass key is "
     tail = ask + key.encode() + b".\n"
@@ -82,9 +82,18 @@ def assoc_recall(
     return stream, answers
 
 
-def greedy_correct(logits, stream, answers: list[int], group: int) -> list[bool]:
-    """Per item of ``group`` answer symbols: all predicted (argmax) right. ``logits`` (N, V)
-    predicts ``stream[1:]``."""
+def greedy_hits(logits, stream, answers: list[int]) -> list[bool]:
+    """Per answer symbol: is it the argmax prediction? ``logits`` (N, V) predicts
+    ``stream[1:]``."""
     pred = logits[[a - 1 for a in answers]].argmax(-1).tolist()
-    ok = [p == stream[a] for p, a in zip(pred, answers, strict=True)]
-    return [all(ok[i : i + group]) for i in range(0, len(ok), group)]
+    return [p == stream[a] for p, a in zip(pred, answers, strict=True)]
+
+
+def whole_items(hits: list[bool], group: int) -> list[bool]:
+    """Per item of ``group`` consecutive answer symbols: all of them right."""
+    return [all(hits[i : i + group]) for i in range(0, len(hits), group)]
+
+
+def greedy_correct(logits, stream, answers: list[int], group: int) -> list[bool]:
+    """Per item of ``group`` answer symbols: all predicted (argmax) right."""
+    return whole_items(greedy_hits(logits, stream, answers), group)
