@@ -12,12 +12,14 @@ PD-CLM patching with a given trained PSE (its entropy model, rule and threshold)
         --seconds 540
 
 Arguments: the arm, the key's digits; options: rows per step (32), seconds (150), context
-(128). Prints the patching of one item (pdclm), then every 200 steps the loss and the held-out
+(128). Prints the patching of one item (pdclm, hmr), then every 200 steps the loss and the held-out
 greedy accuracy on 64 fixed items (random key depths): whole key, per digit, and per
 digit position. The ``hmr`` arm is the same PD-CLM with the memory on (segments of 64, a
 16-patch window, phases up to 16 patches): it reads each 128-symbol row as two segments and is
 also scored at 4x its context.
-Output of the runs above: ``benchmarks/passkey_incontext.txt``.
+Output of the runs above: ``benchmarks/passkey_incontext.txt`` (the first four were printed
+before the ``hmr`` arm was added, with the same evaluation and an older wording of the final
+line).
 """
 
 import argparse
