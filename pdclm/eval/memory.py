@@ -380,12 +380,7 @@ def table(result: dict[str, Any]) -> str:
     for name, r in result["variants"].items():
         lines.append(
             f"| {name} | {r['steps']} | "
-            + " | ".join(
-                f"{r['passkey'][m]:.2f} ({r['passkey_digit'][m]:.2f})"
-                if "passkey_digit" in r
-                else f"{r['passkey'][m]:.2f}"
-                for m in mults
-            )
+            + " | ".join(f"{r['passkey'][m]:.2f} ({r['passkey_digit'][m]:.2f})" for m in mults)
             + " | "
             + " | ".join(f"{r['recall'][m]:.2f}" for m in rmults)
             + f" | {r['long_bpb']:.3f} | {r['train_bytes_per_s']:.0f} | "
@@ -409,7 +404,7 @@ def plot_memory(result: dict[str, Any], path: Path) -> None:
     for ax, (key, lengths, ylabel, title) in zip(axes[0, :2], tasks, strict=True):
         for i, (name, r) in enumerate(rows.items()):
             ax.plot(lengths, [r[key][str(m)] for m in lengths], "o-", color=f"C{i}", label=name)
-            if key == "passkey" and "passkey_digit" in r:  # per digit, dashed (chance 0.1)
+            if key == "passkey":  # per digit, dashed (chance 0.1)
                 digit = [r["passkey_digit"][str(m)] for m in lengths]
                 ax.plot(lengths, digit, "x--", color=f"C{i}", alpha=0.6)
         ax.set_xscale("log", base=2)
