@@ -361,7 +361,7 @@ def open_memory(model, folder: str | None):
     if folder is None:
         return None
     if model.memory is None:
-        raise ConfigError("--memory needs a model trained with model.memory.enabled=true")
+        raise ConfigError("--memory needs a model trained with --model.memory.enabled")
     from pdclm.memory.stream import MemoryStream
 
     path = Path(folder)

@@ -143,6 +143,10 @@ class MemoryConfig:
     """faiss IVF lists searched per query (ANN mode)."""
     router_lr_scale: float = 10.0
     """Router parameters learn this much faster than the rest (and without weight decay)."""
+    gate_floor: float = 0.05
+    """Least read share of every tier that is on: a tier the router has closed still reads a
+    little, so it can become worth opening (with no floor the LSM's share fell to 0.00 within
+    1,750 steps of passkey training and stayed there)."""
     ssm_bias: float = 2.0
     """Initial gate logit of the SSM over the other tiers: the model starts local."""
     write_bias: float = 2.0
@@ -557,6 +561,7 @@ def validate(cfg: Config) -> None:
             need(getattr(mem, name) >= 1, f"model.memory.{name} must be >= 1")
         need(-1 <= mem.layer < lat.layers, "model.memory.layer must be in [-1, latent.layers)")
         need(mem.router_lr_scale > 0, "model.memory.router_lr_scale must be > 0")
+        need(0 <= mem.gate_floor < 1 / 3, "model.memory.gate_floor must be in [0, 1/3)")
         need(
             cfg.train.seq_len % mem.segment == 0,
             "train.seq_len must be a multiple of model.memory.segment (training runs whole "

@@ -143,6 +143,14 @@ def test_router_gate_sums_to_one_and_starts_local():
     model.memory.cfg = dataclasses.replace(model.memory.cfg, msm=False, router="equal")
     g = model.memory.gate(src)
     assert torch.allclose(g, torch.tensor([0.5, 0.0, 0.5]).expand_as(g))
+    # however far the router leans, a tier that is on keeps its floor, and one off gets none
+    model.memory.cfg = dataclasses.replace(model.memory.cfg, router="learned")
+    with torch.no_grad():
+        model.memory.router.bias.copy_(torch.tensor([40.0, 0.0, -40.0]))
+    g = model.memory.gate(src)
+    floor = model.memory.cfg.gate_floor
+    assert torch.allclose(g.sum(-1), torch.ones(3, 5))
+    assert torch.allclose(g[..., 2], torch.full((3, 5), floor)) and (g[..., 1] == 0).all()
 
 
 def test_router_learns_faster_without_weight_decay():
@@ -210,6 +218,18 @@ def test_store_evicts_the_least_recently_used():
     assert 1 in kept and 2 in kept  # recently retrieved survive
     assert all(i not in kept for i in (0, 3, 4))  # the oldest unused go first
     assert kept == sorted(kept)
+
+
+def test_store_evicts_phases_the_router_did_not_write_first():
+    store = filled_store(unit(6, 4, 4), capacity=6)  # of_keys stores log p = 0: written
+    store.logw[0, 4] = -3.0  # the router's decision: not written (p < 0.5), yet most recent
+    store.touch(torch.tensor([[4]]), torch.tensor([[True]]), clock=5)
+    new = unit(2, 4, 5)
+    ones = torch.ones(1, 2, dtype=torch.bool)
+    store.add(new, torch.zeros(1, 2, 1, 1), ones[..., None], torch.zeros(1, 2), ones, clock=6)
+    kept = store.ids[0].tolist()
+    assert len(kept) == 6 and 4 not in kept  # the undecided phase goes before any written one
+    assert 0 not in kept and all(i in kept for i in (1, 2, 3, 5, 6, 7))
 
 
 def test_generate_keeps_memory_across_processes(tmp_path, capsys):

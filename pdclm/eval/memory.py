@@ -215,7 +215,9 @@ def _run_variant(name: str, cfg: Config, out_dir: str, queue) -> None:
     row["long_docs"] = [name for name, _ in docs]
     row["long_bpb"], row["read_bytes_per_s"] = long_bpb(model, docs, window)
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = run / "metrics.jsonl"  # absent if the budget ended before the first log step
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    hist = [json.loads(line) for line in lines]
     keys = ("read_ssm", "read_msm", "read_lsm", "write_rate")
     row["router"] = [{k: h[k] for k in ("step", *keys) if k in h} for h in hist if "read_ssm" in h]
     row["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -16,14 +16,20 @@ backpropagation through all segments of a training sequence), evaluation and gen
 - **LSM** (long-term): a :class:`~pdclm.memory.store.LongTermStore` of one key per phase with
   the phase's patch states as values; each phase sends one batched top-k query (made from the
   last patch of the phase before, so it is known before the phase starts), and its patches
-  attend over the patches of the retrieved phases, with the retrieval score as an attention
-  bias (the stored keys get gradient through it). Phases of the current training sequence stay
-  differentiable, phases of the current segment are retrievable by later phases of the same
-  segment (in-window recall trains the key space).
+  attend over the patches of the retrieved phases, each keyed by itself and holding the patch
+  that followed it (a patch that matches a recalled one reads what came next there), with the
+  retrieval score as an attention bias (the stored keys get gradient through it). Phases of
+  the current training sequence stay differentiable, phases of the current segment are
+  retrievable by later phases of the same segment (in-window recall trains the key space).
 - **Router**: per phase, a softmax gate over the tiers (``p_ssm + p_msm + p_lsm = 1``) made from
-  the same last patch, and a write decision per finished phase (training: the log write
-  probability biases retrieval of that phase, so writing is learnt by whether the phase is
-  worth recalling; evaluation: phases with probability < 0.5 are not stored). The SSM's read
+  the same last patch, and a write probability per finished phase. The write logit receives
+  the gradient that a bias on the phase's retrieval scores would (would recalling this phase
+  more have helped?) but adds nothing to them, so it learns which phases are worth keeping
+  and cannot shut the store; every phase is stored, in training and evaluation alike, and the
+  decision (``p >= 0.5``) decides what the store keeps when it is full: undecided phases are
+  evicted before written ones. (Two earlier rules failed in passkey training: dropping phases
+  below 0.5 at evaluation only read another store than the one trained, and a real log-p
+  bias let the router close the store, write rate 0.00 within 250 steps.) The SSM's read
   is the latent's own windowed attention, already in the residual stream: the gate's SSM share
   is the part of the phase that reads no further memory; it starts high (``ssm_bias``), so the
   model starts as a plain local model and learns to open the other tiers.
@@ -138,12 +144,15 @@ class MemoryRouter(nn.Module):
 
     # ------------------------------------------------------------------------------ router
     def gate(self, src: Tensor) -> Tensor:
-        """(B, F, 3) tier weights per phase from the last patch before it; sums to one."""
+        """(B, F, 3) tier weights per phase from the last patch before it; sums to one, and
+        every tier that is on keeps at least ``gate_floor``."""
         logits = self.router(self.norm(src)).float()
         on = torch.tensor([getattr(self.cfg, t) for t in TIERS], device=src.device)
         if self.cfg.router == "equal":
             logits = torch.zeros_like(logits)
-        return logits.masked_fill(~on, float("-inf")).softmax(-1)
+        floor = self.cfg.gate_floor
+        share = logits.masked_fill(~on, float("-inf")).softmax(-1)
+        return share * (1 - floor * on.sum()) + floor * on
 
     # ------------------------------------------------------------------------------ MSM
     def msm_update(self, slots: Tensor, u: Tensor) -> Tensor:
@@ -163,27 +172,46 @@ class MemoryRouter(nn.Module):
         x: Tensor,
         mem: Tensor,
         bias: Tensor,
+        phid: Tensor,
         qpos: Tensor | None = None,
-        kpos: Tensor | None = None,
+        successor: bool = False,
     ) -> Tensor:
-        """Multi-head attention of patches ``x`` (B, P, D) over memory rows ``mem`` (B, S, D)
-        with an additive ``bias`` (B, P, S) (``-inf`` hides a row); a zero "nothing" row is
-        always visible, so a patch with nothing to read gets zero. ``qpos``/``kpos`` (B, P) /
-        (B, S): rotary positions (the LSM's place within a phase, so a patch can read the
-        patch after its own place in a recalled phase)."""
+        """Multi-head attention of patches ``x`` (B, P, D) over the memory rows of their own
+        phase. ``mem`` (B, F, G, L, D): the G groups of L rows that phase f may read; ``bias``
+        (B, F, G, L) an additive bias (``-inf`` hides a row); ``phid`` (B, P) each patch's
+        phase. A zero "nothing" row is always visible, so a patch with nothing to read gets
+        zero. Rows are projected once per phase and gathered per patch (a patch scores G * L
+        rows, not F * G * L).
+
+        With ``successor`` (the LSM) a group is a recalled phase and row j is keyed by its
+        patch j but holds patch j + 1: a patch that matches a recalled patch reads what came
+        after it there, the patch-level form of a nearest-neighbour LM's (context -> next
+        token) memory (Khandelwal et al., 2020). So copying past the window is one lookup,
+        with no previous-patch circuit to learn first. ``qpos`` (B, P): rotary positions of
+        the queries, matched against each row's place in its group."""
         B, P, D = x.shape
-        H = self.heads
-        mem = torch.cat([mem.new_zeros(B, 1, D), mem], 1)
-        bias = F.pad(bias, (1, 0), value=0.0)
-        q = q_lin(self.norm(x)).view(B, P, H, -1).transpose(1, 2)
-        k, v = kv_lin(self.norm(mem)).view(B, -1, 2, H, D // H).permute(2, 0, 3, 1, 4)
-        if qpos is not None and kpos is not None:
-            q = apply_rotary(q, *rotary(D // H, qpos))
-            k = apply_rotary(k, *rotary(D // H, F.pad(kpos, (1, 0))))
-        k, v = k.clone(), v.clone()
-        k[:, :, 0], v[:, :, 0] = 0.0, 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None].to(q.dtype))
-        return out_lin(y.transpose(1, 2).reshape(B, P, D))
+        H, hd = self.heads, D // self.heads
+        Fn, G, L = mem.shape[1:4]
+        kv = kv_lin(self.norm(mem)).view(B * Fn, G, L, 2, H, hd)
+        k, v = kv[..., 0, :, :], kv[..., 1, :, :]  # (B * F, G, L, H, hd)
+        if successor:
+            k, v, bias = k[:, :, :-1], v[:, :, 1:], bias[..., 1:]
+        S = G * k.shape[2]
+        k = k.reshape(B * Fn, S, H, hd).transpose(1, 2)  # (B * F, H, S, hd)
+        q = q_lin(self.norm(x)).view(B, P, H, hd).transpose(1, 2)  # (B, H, P, hd)
+        if qpos is not None:
+            q = apply_rotary(q, *rotary(hd, qpos))
+            slot = torch.arange(S, device=x.device) % (S // G)
+            k = apply_rotary(k, *rotary(hd, slot))
+        rows = (phid + Fn * torch.arange(B, device=x.device)[:, None]).flatten()  # whole rows:
+        k = k.reshape(B * Fn, -1).index_select(0, rows).view(B, P, H, S, hd)  # fast, unlike an
+        v = v.reshape(B * Fn, -1).index_select(0, rows).view(B, P, S, H, hd)  # element gather
+        b = bias.reshape(B * Fn, S).index_select(0, rows).view(B, P, S)
+        score = torch.einsum("bhpd,bphsd->bhps", q, k).float() / math.sqrt(hd)
+        score = score + b[:, None]
+        att = F.pad(score, (1, 0), value=0.0).softmax(-1)[..., 1:]  # the "nothing" row
+        y = torch.einsum("bhps,bpshd->bphd", att.to(v.dtype), v)
+        return out_lin(y.reshape(B, P, D))
 
 
 def new_state(model, batch: int, device: torch.device) -> MemoryState:
@@ -259,7 +287,6 @@ def read_memory(
     g = gate.gather(1, phid[..., None].expand(-1, -1, 3)).to(x.dtype)  # per patch
     writes: dict = {"x": x}
     out = torch.zeros_like(x)
-    same = phid[:, :, None] == torch.arange(n_ph, device=dev)[None, None, :]  # (B, P, F)
 
     if cfg.msm:
         slots = [state.slots.to(x.dtype)]
@@ -267,9 +294,8 @@ def read_memory(
             new = mem.msm_update(slots[-1], u[:, f])
             slots.append(torch.where(ended[:, f, None, None], new, slots[-1]))
         hist = torch.stack(slots[:-1], 1)  # (B, F, M, D): what phase f reads
-        M = hist.shape[2]
-        bias = torch.where(same, 0.0, float("-inf")).repeat_interleave(M, dim=2)
-        r = mem.attend(mem.msm_q, mem.msm_kv, mem.msm_out, x, hist.flatten(1, 2), bias)
+        bias = hist.new_zeros(hist.shape[:3], dtype=torch.float)[:, :, None]
+        r = mem.attend(mem.msm_q, mem.msm_kv, mem.msm_out, x, hist[:, :, None], bias, phid)
         out = out + g[..., 1:2] * r
         writes["slots"] = slots[-1]
 
@@ -278,7 +304,7 @@ def read_memory(
         keys = F.normalize(mem.key(u), dim=-1)  # (B, F, K)
         queries = F.normalize(mem.query(src), dim=-1)
         wlog = F.logsigmoid(mem.write(u)[..., 0].float())  # (B, F)
-        written = ended & (wlog >= math.log(0.5)) if not mem.training else ended
+        written = ended  # every finished phase is stored; its write probability biases recall
         # this segment's phases as candidates (phase j serves phases after it)
         slot_in_phase = (pidx - torch.where(start, pidx, 0).cummax(1).values).clamp(max=L - 1)
         # padding patches scatter into one spare slot past the end, dropped after
@@ -320,15 +346,15 @@ def read_memory(
         r_vals = torch.where(fs[..., None], st_vals, in_vals)  # (B, F, k, L, D)
         r_mask = torch.where(fs, st_mask, in_mask) & torch.isfinite(top_s)[..., None]
         r_logw = torch.where(from_store, st_logw, in_logw)
+        # the write logit gets the gradient of a bias on its phase's rows but adds nothing
+        # (value 0): it learns whether recalling the phase more would help, and cannot shut
+        # the store (a real log-probability bias fell to write rate 0.00 within 250 steps)
         phase_bias = temp * top_s.masked_fill(~torch.isfinite(top_s), 0) + (
-            r_logw if mem.training else 0.0
+            r_logw - r_logw.detach()
         )
         bias = torch.where(r_mask, phase_bias[..., None], float("-inf"))  # (B, F, k, L)
-        bias = bias.flatten(2)[:, None].expand(-1, P, -1, -1)  # (B, P, F, k*L)
-        bias = torch.where(same[..., None], bias, float("-inf")).flatten(2)
-        kpos = torch.arange(L, device=dev).repeat(n_ph * k)[None].expand(B, -1)
         r = mem.attend(
-            mem.lsm_q, mem.lsm_kv, mem.lsm_out, x, r_vals.flatten(1, 3), bias, slot_in_phase, kpos
+            mem.lsm_q, mem.lsm_kv, mem.lsm_out, x, r_vals, bias, phid, slot_in_phase, True
         )
         out = out + g[..., 2:3] * r
         writes.update(keys=keys, vals=vals, vmask=vmask, wlog=wlog, written=written)

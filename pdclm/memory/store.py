@@ -10,8 +10,9 @@ an inverted-file index over inner products (``IndexIVFFlat``, approximate, ``npr
 query) which supports ``remove_ids`` (eviction) unlike HNSW. Either way the scores of the
 chosen entries are recomputed in torch, so both paths return the same kind of result.
 
-Capacity: at most ``capacity`` entries per row; beyond it the least recently used entries go
-(an entry is "used" when written and whenever a query retrieves it).
+Capacity: at most ``capacity`` entries per row; beyond it the entries the router decided not
+to write (write probability < 0.5) go first, then the least recently used (an entry is "used"
+when written and whenever a query retrieves it).
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ class LongTermStore:
         if keep_n == len(self):
             return
         N = len(self)
-        score = torch.where(self.valid, self.used, torch.full_like(self.used, -(2**62)))
-        # prefer recent use; ties broken towards newer entries
+        # written (p >= 0.5) before undecided, then recent use; ties broken towards newer entries
+        decided = (self.logw.detach() >= math.log(0.5)).long()
+        score = torch.where(self.valid, decided * 2**41 + self.used, -(2**42))
         score = score * (N + 1) + torch.arange(N, device=score.device)
         keep = score.topk(keep_n, dim=1).indices.sort(dim=1).values  # (B, keep_n)
         dropped = torch.ones_like(self.valid).scatter(1, keep, False) & self.valid

@@ -1,0 +1,149 @@
+"""Passkey retrieval that only memory can do: every training row is a passkey item of 128
+symbols read as two segments of 64 with an 8-patch SSM window, so when the key is asked for
+both of its mentions lie past the window and only the MSM or the LSM can carry it. The tiny
+preset's PD-CLM (encoder d=32, latent d=64 x 2 layers, phases up to 16 patches), patching with
+a given trained PSE; scored at 1x and 4x the training context on 48 fixed items (key depths
+spread evenly), greedy, whole key and per digit.
+
+    PSE=runs/bench-cpu/pse   # any `pse` folder, e.g. from `pdclm bench pretrain --preset cpu`
+    # one thread each, two side by side on 2 cores
+    python benchmarks/passkey_memory.py --pse $PSE --variant lsm_only --threshold 4.0
+    python benchmarks/passkey_memory.py --pse $PSE --variant full --threshold 4.0
+
+Variants: ``full`` (SSM, MSM, LSM), ``lsm_only`` (SSM and LSM), ``no_lsm`` (SSM and MSM),
+``no_ssm``, ``equal`` (fixed equal mixing); ``--set name=value`` overrides any
+``model.memory`` field. Every ``--every`` steps it prints the loss, ``ans_ce`` (the mean loss
+on the answer digits over those steps; chance is ln 10 = 2.30 nats), the router's read shares
+and write rate, and the held-out accuracy (whole key, per digit, per digit position). Output of
+the runs in the README: ``benchmarks/passkey_memory.txt``. The optimiser is AdamW at 3e-3
+with the router's own learning-rate multiple, no weight decay and gradient clipping at 1.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pdclm.config import load_preset
+from pdclm.memory.tasks import greedy_hits, passkey
+from pdclm.model.io import load_model
+from pdclm.model.pdclm import PDCLM
+from pdclm.pse.viz import patches_text
+
+VARIANTS = {
+    "full": {},
+    "lsm_only": {"msm": False},
+    "no_lsm": {"lsm": False},
+    "no_ssm": {"ssm": False},
+    "equal": {"router": "equal"},
+}
+
+
+def build(args) -> PDCLM:
+    pse, pcfg = load_model(args.pse)
+    cfg = load_preset("tiny")
+    cfg.pse.entropy, cfg.pse.patcher = pcfg.pse.entropy, pcfg.pse.patcher
+    cfg.pse.patcher.rule = args.rule
+    mem = cfg.model.memory
+    mem.enabled, mem.segment, mem.window, mem.max_phase = True, args.seg, args.window, 16
+    for k, v in VARIANTS[args.variant].items():
+        setattr(mem, k, v)
+    for kv in args.set:
+        k, v = kv.split("=")
+        cur = getattr(mem, k)
+        setattr(mem, k, v == "true" if isinstance(cur, bool) else type(cur)(v))
+    torch.manual_seed(0)
+    model = PDCLM(cfg.pse, cfg.model)
+    model.entropy.load_state_dict(pse.entropy.state_dict())
+    model.threshold.fill_(float(pse.threshold) if args.threshold is None else args.threshold)
+    model.freeze_entropy()
+    return model
+
+
+def show_patches(model: PDCLM, stream: list[int]) -> str:
+    tokens = torch.tensor([stream])
+    return "|".join(patches_text(tokens[0], model.patch(tokens)[0]))
+
+
+@torch.no_grad()
+def evaluate(model: PDCLM, n: int, mult: int, digits: int, k: int = 48) -> str:
+    """Greedy accuracy on ``k`` fixed items of ``mult`` x the context ``n``."""
+    rng = np.random.default_rng(123 + mult)
+    items = [passkey(rng, n * mult, (i + 0.5) / k, digits) for i in range(k)]
+    model.eval()
+    hits = []
+    for i in range(0, k, 16):
+        part = items[i : i + 16]
+        logits = model(torch.tensor([s for s, _ in part]))
+        hits += [greedy_hits(logits[j], s, a) for j, (s, a) in enumerate(part)]
+    model.train()
+    h = np.array(hits)
+    return f"key {h.all(1).mean():.2f} digit {h.mean():.2f} {h.mean(0).round(2).tolist()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pse", type=Path, required=True, help="a trained PSE folder")
+    ap.add_argument("--variant", choices=VARIANTS, default="full")
+    ap.add_argument("--rule", default="global", help="patch rule (global: a digit per patch)")
+    ap.add_argument("--threshold", type=float, help="patch threshold (default: the PSE's)")
+    ap.add_argument("--n", type=int, default=128, help="training context (symbols)")
+    ap.add_argument("--seg", type=int, default=64, help="segment (symbols)")
+    ap.add_argument("--window", type=int, default=8, help="SSM window (patches)")
+    ap.add_argument("--rows", type=int, default=32)
+    ap.add_argument("--digits", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=1080)
+    ap.add_argument("--every", type=int, default=250)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", nargs="*", default=[], help="model.memory overrides, name=value")
+    ap.add_argument("--save", type=Path, help="write the trained weights here (torch.save)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = build(args)
+    print("patches:", show_patches(model, passkey(np.random.default_rng(5), args.n)[0]))
+    print(f"{args}\nparams {model.num_params()}", flush=True)
+    groups = [
+        {"params": [p], "lr": 3e-3 * getattr(p, "lr_scale", 1.0), "weight_decay": 0.0}
+        for p in model.parameters()
+        if p.requires_grad
+    ]
+    opt = torch.optim.AdamW(groups)
+    rng = np.random.default_rng(0)
+    t0, step, ans_sum = time.time(), 0, 0.0
+    while time.time() - t0 < args.seconds:
+        items = [passkey(rng, args.n, digits=args.digits) for _ in range(args.rows)]
+        x = torch.tensor([s for s, _ in items])
+        with torch.autocast("cpu", torch.bfloat16):
+            logits = model(x).float()
+        ce = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none"
+        ).view(len(items), -1)
+        at = torch.tensor([[a - 1 for a in ans] for _, ans in items])
+        ans_sum += float(ce.detach().gather(1, at).mean())
+        opt.zero_grad()
+        ce.mean().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % args.every == 0:
+            stats = " ".join(f"{k}={float(v):.2f}" for k, v in model.memory.last_stats.items())
+            print(
+                f"step {step} {time.time() - t0:.0f}s loss {ce.mean().item():.3f} "
+                f"ans_ce {ans_sum / args.every:.2f} {stats} | {report(model, args)}",
+                flush=True,
+            )
+            ans_sum = 0.0
+    if args.save:
+        torch.save(model.state_dict(), args.save)
+    print(f"final {step}: {report(model, args)}", flush=True)
+
+
+def report(model: PDCLM, args) -> str:
+    return " | ".join(f"{m}x {evaluate(model, args.n, m, args.digits)}" for m in (1, 4))
+
+
+if __name__ == "__main__":
+    main()
