@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pdclm.config import MemoryConfig
-from pdclm.memory.store import LongTermStore
+from pdclm.memory.store import LongTermStore, decided_written
 from pdclm.model.layers import RMSNorm, apply_rotary, rotary
 
 TIERS = ("ssm", "msm", "lsm")
@@ -196,12 +196,13 @@ class MemoryRouter(nn.Module):
         k, v = kv[..., 0, :, :], kv[..., 1, :, :]  # (B * F, G, L, H, hd)
         if successor:
             k, v, bias = k[:, :, :-1], v[:, :, 1:], bias[..., 1:]
-        S = G * k.shape[2]
+        R = k.shape[2]  # rows per group
+        S = G * R
         k = k.reshape(B * Fn, S, H, hd).transpose(1, 2)  # (B * F, H, S, hd)
         q = q_lin(self.norm(x)).view(B, P, H, hd).transpose(1, 2)  # (B, H, P, hd)
         if qpos is not None:
             q = apply_rotary(q, *rotary(hd, qpos))
-            slot = torch.arange(S, device=x.device) % (S // G)
+            slot = torch.arange(S, device=x.device) % R
             k = apply_rotary(k, *rotary(hd, slot))
         rows = (phid + Fn * torch.arange(B, device=x.device)[:, None]).flatten()  # whole rows:
         k = k.reshape(B * Fn, -1).index_select(0, rows).view(B, P, H, S, hd)  # fast, unlike an
@@ -304,7 +305,6 @@ def read_memory(
         keys = F.normalize(mem.key(u), dim=-1)  # (B, F, K)
         queries = F.normalize(mem.query(src), dim=-1)
         wlog = F.logsigmoid(mem.write(u)[..., 0].float())  # (B, F)
-        written = ended  # every finished phase is stored; its write probability biases recall
         # this segment's phases as candidates (phase j serves phases after it)
         slot_in_phase = (pidx - torch.where(start, pidx, 0).cummax(1).values).clamp(max=L - 1)
         # padding patches scatter into one spare slot past the end, dropped after
@@ -315,7 +315,7 @@ def read_memory(
         vmask = vmask[:, :-1].view(B, n_ph, L)
         temp = mem.log_temp.exp()
         s_in = torch.einsum("bqk,bjk->bqj", queries, keys).float()
-        ok_in = written[:, None, :] & torch.ones(n_ph, n_ph, dtype=torch.bool, device=dev).tril(-1)
+        ok_in = ended[:, None, :] & torch.ones(n_ph, n_ph, dtype=torch.bool, device=dev).tril(-1)
         s_in = s_in.masked_fill(~ok_in, float("-inf"))
         s_st, pos_st = (
             state.lsm.search(queries.float(), cfg.top_k)
@@ -357,12 +357,12 @@ def read_memory(
             mem.lsm_q, mem.lsm_kv, mem.lsm_out, x, r_vals, bias, phid, slot_in_phase, True
         )
         out = out + g[..., 2:3] * r
-        writes.update(keys=keys, vals=vals, vmask=vmask, wlog=wlog, written=written)
+        # every finished phase is stored; the write decision only orders eviction
+        writes.update(keys=keys, vals=vals, vmask=vmask, wlog=wlog, ended=ended)
         if commit and n_st and not mem.training:
             state.lsm.touch(sp, from_store & torch.isfinite(top_s), state.pos)
-        ew = ended.float()  # the decision (p >= 0.5), also in training, where all are kept
-        decided = (wlog >= math.log(0.5)).float()
-        stats["write_rate"] = (decided * ew).sum() / ew.sum().clamp(min=1)
+        ew = ended.float()
+        stats["write_rate"] = (decided_written(wlog).float() * ew).sum() / ew.sum().clamp(min=1)
 
     ew = ended.float()[..., None]
     share = (gate * ew).sum((0, 1)) / ew.sum().clamp(min=1)
@@ -385,7 +385,7 @@ def commit_writes(state: MemoryState, writes: dict, n_real: Tensor) -> None:
             writes["vals"],
             writes["vmask"],
             writes["wlog"],
-            writes["written"],
+            writes["ended"],
             state.pos,
         )
     assert state.batch == B

@@ -24,6 +24,11 @@ import torch
 from torch import Tensor
 
 
+def decided_written(logw: Tensor) -> Tensor:
+    """The router's write decision for phases of log write probability ``logw``: p >= 0.5."""
+    return logw.detach() >= math.log(0.5)
+
+
 class LongTermStore:
     def __init__(self, batch: int, capacity: int, faiss_threshold: int, nprobe: int) -> None:
         self.batch, self.capacity = batch, capacity
@@ -103,7 +108,7 @@ class LongTermStore:
             return
         N = len(self)
         # written (p >= 0.5) before undecided, then recent use; ties broken towards newer entries
-        decided = (self.logw.detach() >= math.log(0.5)).long()
+        decided = decided_written(self.logw).long()
         score = torch.where(self.valid, decided * 2**41 + self.used, -(2**42))
         score = score * (N + 1) + torch.arange(N, device=score.device)
         keep = score.topk(keep_n, dim=1).indices.sort(dim=1).values  # (B, keep_n)
