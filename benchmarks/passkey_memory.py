@@ -5,7 +5,9 @@ preset's PD-CLM (encoder d=32, latent d=64 x 2 layers, phases up to 16 patches),
 a given trained PSE; scored at 1x and 4x the training context on 48 fixed items (key depths
 spread evenly), greedy, whole key and per digit.
 
-    PSE=runs/bench-cpu/pse   # any `pse` folder, e.g. from `pdclm bench pretrain --preset cpu`
+    # the PSE of the README's runs: the cpu preset's entropy model on 1.5 MB of the default data
+    pdclm train pretrain --preset cpu --data.max-bytes=1500000 --train.steps=1 --out runs/pse
+    PSE=runs/pse/phase1_model   # or any `pse` folder, e.g. from `pdclm bench pretrain`
     # one thread each, two side by side on 2 cores
     python benchmarks/passkey_memory.py --pse $PSE --variant lsm_only --threshold 4.0
     python benchmarks/passkey_memory.py --pse $PSE --variant full --threshold 4.0
@@ -52,7 +54,9 @@ def build(args) -> PDCLM:
     for k, v in VARIANTS[args.variant].items():
         setattr(mem, k, v)
     for kv in args.set:
-        k, v = kv.split("=")
+        k, _, v = kv.partition("=")
+        if not hasattr(mem, k) or not v:
+            raise SystemExit(f"--set {kv!r}: expected name=value with a model.memory field name")
         cur = getattr(mem, k)
         setattr(mem, k, v == "true" if isinstance(cur, bool) else type(cur)(v))
     torch.manual_seed(0)
