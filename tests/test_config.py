@@ -88,3 +88,18 @@ def test_launches_that_do_not_fit_the_parallel_mode_are_refused(monkeypatch, cap
     assert "--train.parallel=ddp" in capsys.readouterr().err
     assert main(["eval", "--preset", "tiny"]) == 2
     assert "only run and train run under torchrun" in capsys.readouterr().err
+
+
+def test_bf16_is_turned_off_on_a_cpu_without_bf16_units(monkeypatch, capsys):
+    import pdclm.config as config
+
+    cfg = load_preset("cpu")
+    assert cfg.train.bf16
+    monkeypatch.setattr(config, "bf16_is_fast", lambda device: False)
+    config.resolve(cfg)
+    assert not cfg.train.bf16
+    assert "no bf16 matrix units" in capsys.readouterr().err
+    cfg = load_preset("cpu")
+    monkeypatch.setattr(config, "bf16_is_fast", lambda device: True)
+    config.resolve(cfg)
+    assert cfg.train.bf16
