@@ -17,7 +17,8 @@ backpropagation through all segments of a training sequence), evaluation and gen
   the phase's patch states as values; each phase sends one batched top-k query (made from the
   last patch of the phase before, so it is known before the phase starts), and its patches
   attend over the patches of the retrieved phases, each keyed by itself and holding the patch
-  that followed it (a patch that matches a recalled one reads what came next there), with the
+  that followed it (a patch that matches a recalled one reads what came next there; queries and
+  keys share one projection and are scored by cosine, so the match works from the start), with the
   retrieval score as an attention bias (the stored keys get gradient through it). Phases of
   the current training sequence stay differentiable, phases of the current segment are
   retrievable by later phases of the same segment (in-window recall trains the key space).
