@@ -132,10 +132,8 @@ class MemoryConfig:
     """Also end a phase where the next patch's first symbol is this surprising (bits; 0 = off)."""
     slots: int = 8
     """MSM: recurrent memory slots."""
-    key_dim: int = 64
-    """LSM: one key of this size per phase."""
-    top_k: int = 4
-    """LSM: phases retrieved per query phase."""
+    top_k: int = 32
+    """LSM: stored patches (rows) each patch recalls."""
     capacity: int = 16384
     """LSM: phases kept per stream; beyond it the least recently used one is evicted."""
     faiss_threshold: int = 4096
@@ -578,7 +576,7 @@ def validate(cfg: Config) -> None:
     if mem.enabled:
         need(mem.router in ("learned", "equal"), "model.memory.router must be learned or equal")
         need(mem.segment >= 8, "model.memory.segment must be >= 8")
-        for name in ("window", "max_phase", "slots", "key_dim", "top_k", "capacity", "nprobe"):
+        for name in ("window", "max_phase", "slots", "top_k", "capacity", "nprobe"):
             need(getattr(mem, name) >= 1, f"model.memory.{name} must be >= 1")
         need(-1 <= mem.layer < lat.layers, "model.memory.layer must be in [-1, latent.layers)")
         need(mem.router_lr_scale > 0, "model.memory.router_lr_scale must be > 0")

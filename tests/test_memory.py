@@ -176,6 +176,21 @@ def filled_store(keys: torch.Tensor, capacity: int | None = None) -> LongTermSto
     return store
 
 
+def add_keys(store: LongTermStore, keys: torch.Tensor, clock: int) -> None:
+    """Append written one-row entries with these keys (1, n, K) and no values."""
+    n = keys.shape[1]
+    ones = torch.ones(1, n, 1, dtype=torch.bool)
+    store.add(
+        keys[:, :, None],
+        ones,
+        torch.zeros(1, n, 1, 1),
+        ones,
+        torch.zeros(1, n),
+        ones[..., 0],
+        clock,
+    )
+
+
 def test_store_exact_search_returns_true_nearest_neighbours():
     keys, q = unit(500, 16, 0), unit(20, 16, 1)
     scores, pos = filled_store(keys).search(q, 5)
@@ -201,17 +216,41 @@ def test_store_faiss_mode_has_high_recall():
     assert recall >= 0.9
 
 
+def test_store_searches_rows_alike_in_torch_and_faiss_across_evictions():
+    """Entries of several rows: faiss (every list probed, so exact) returns the same rows as
+    torch, unfindable rows never come back, and evicted entries leave the index."""
+    g = torch.Generator().manual_seed(7)
+    R, K = 4, 8
+
+    def entries(n: int, seed: int):
+        keys = unit(n * R, K, seed).view(1, n, R, K)
+        kmask = torch.rand(1, n, R, generator=g) > 0.3
+        ones = torch.ones(1, n, dtype=torch.bool)
+        return keys, kmask, torch.zeros(1, n, R, 1), kmask, torch.zeros(1, n), ones
+
+    store = LongTermStore(1, capacity=300, faiss_threshold=0, nprobe=10_000)
+    store.add(*entries(300, 8), clock=0)
+    q = unit(50, K, 9)
+    with torch.no_grad():
+        store.search(q, 6)  # builds the index
+        store.add(*entries(100, 10), clock=1)  # evicts the 100 oldest entries
+        _, approx = store.search(q, 6)
+        store.faiss_threshold = 10**9
+        s_exact, exact = store.search(q, 6)
+    assert len(store) == 300 and int(store.ids.min()) == 100
+    assert torch.equal(approx, exact)
+    assert store.findable()[0, exact.flatten()].all() and torch.isfinite(s_exact).all()
+    true = (q[0] @ store.keys.flatten(1, 2)[0].T).masked_fill(~store.findable(), -9)
+    assert torch.equal(exact[0], true.topk(6, dim=-1).indices)
+
+
 def test_store_evicts_the_least_recently_used():
     store = filled_store(unit(8, 4, 4), capacity=8)
     store.touch(torch.tensor([[1, 2]]), torch.tensor([[True, True]]), clock=5)
     new = unit(3, 4, 5)
+    ones = torch.ones(1, 3, 1, dtype=torch.bool)
     store.add(
-        new,
-        torch.zeros(1, 3, 1, 1),
-        torch.ones(1, 3, 1, dtype=torch.bool),
-        torch.zeros(1, 3),
-        torch.ones(1, 3, dtype=torch.bool),
-        clock=6,
+        new[:, :, None], ones, torch.zeros(1, 3, 1, 1), ones, torch.zeros(1, 3), ones[..., 0], 6
     )
     assert len(store) == 8
     kept = store.ids[0].tolist()
@@ -225,8 +264,10 @@ def test_store_evicts_phases_the_router_did_not_write_first():
     store.logw[0, 4] = -3.0  # the router's decision: not written (p < 0.5), yet most recent
     store.touch(torch.tensor([[4]]), torch.tensor([[True]]), clock=5)
     new = unit(2, 4, 5)
-    ones = torch.ones(1, 2, dtype=torch.bool)
-    store.add(new, torch.zeros(1, 2, 1, 1), ones[..., None], torch.zeros(1, 2), ones, clock=6)
+    ones = torch.ones(1, 2, 1, dtype=torch.bool)
+    store.add(
+        new[:, :, None], ones, torch.zeros(1, 2, 1, 1), ones, torch.zeros(1, 2), ones[..., 0], 6
+    )
     kept = store.ids[0].tolist()
     assert len(kept) == 6 and 4 not in kept  # the undecided phase goes before any written one
     assert 0 not in kept and all(i in kept for i in (1, 2, 3, 5, 6, 7))

@@ -16,8 +16,8 @@ peak resident memory is its own. Then, for each:
   without memory can do past its context);
 - cost: training and reading bytes/s and peak RSS; router read shares and write rate.
 
-Beside them: long-term store lookup latency as it grows to 10^6 phases, exact torch search
-against the faiss IVF index, with the index's recall of the exact top-k.
+Beside them: long-term store lookup latency as it grows to 10^6 rows (stored patches), exact
+torch search against the faiss IVF index, with the index's recall of the exact top-k.
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def _run_variant(name: str, cfg: Config, out_dir: str, queue) -> None:
 def lsm_latency(
     sizes: tuple[int, ...], dim: int, queries: int, k: int, nprobe: int
 ) -> list[dict[str, Any]]:
-    """Top-k lookup time of ``queries`` phase queries as the store grows: exact torch search
+    """Top-k lookup time of ``queries`` patch queries as the store grows: exact torch search
     against the faiss IVF index, and the index's recall of the exact top-k."""
     from pdclm.memory.store import LongTermStore
 
@@ -299,7 +299,7 @@ def bench_memory(cfg: Config, out: Path | None = None) -> dict[str, Any]:
         )
     mem = cfg.model.memory
     latency = lsm_latency(
-        tuple(cfg.bench.memory_store_sizes), mem.key_dim, 64, mem.top_k, mem.nprobe
+        tuple(cfg.bench.memory_store_sizes), cfg.model.latent.dim, 64, mem.top_k, mem.nprobe
     )
     full, none = rows["full"], rows["none"]
     result = stamp(

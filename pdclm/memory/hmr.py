@@ -13,15 +13,18 @@ backpropagation through all segments of a training sequence), evaluation and gen
   compressive memory: the size is fixed however long the input, and the write is an ordinary
   differentiable recurrence learnt through the segments of a training sequence; compressive
   (linear-attention) memories were reported to stall with their mixing gates at 0.5.
-- **LSM** (long-term): a :class:`~pdclm.memory.store.LongTermStore` of one key per phase with
-  the phase's patch states as values; each phase sends one batched top-k query (made from the
-  last patch of the phase before, so it is known before the phase starts), and its patches
-  attend over the patches of the retrieved phases, each keyed by itself and holding the patch
-  that followed it (a patch that matches a recalled one reads what came next there; queries and
-  keys share one projection and are scored by cosine, so the match works from the start), with the
-  retrieval score as an attention bias (the stored keys get gradient through it). Phases of
-  the current training sequence stay differentiable, phases of the current segment are
-  retrievable by later phases of the same segment (in-window recall trains the key space).
+- **LSM** (long-term): a :class:`~pdclm.memory.store.LongTermStore` with one entry per
+  finished phase: the phase's patch states, each patch a row keyed by itself and holding the
+  patch that followed it in the phase. Every patch sends one query (all of a segment's
+  queries go to the store in one batched top-k search) and attends over the ``top_k`` rows
+  most like it: a patch that matches a stored one reads what came next there. Queries and keys
+  share one projection and are scored by cosine, so the match works from the start. Phases of
+  the current training sequence stay differentiable, and the rows of the current segment's
+  finished phases are candidates for the patches of later phases of the same segment
+  (in-window recall trains the key space). Entries are written, kept and evicted per phase.
+  (An earlier version recalled whole phases by one learned key per phase, queried from the
+  last patch before the phase: with as many candidate phases as ``top_k`` at training length
+  nothing taught it to rank them, and passkey accuracy fell to near chance at 4x.)
 - **Router**: per phase, a softmax gate over the tiers (``p_ssm + p_msm + p_lsm = 1``) made from
   the same last patch, and a write probability per finished phase. The write logit receives
   the gradient that a bias on the phase's retrieval scores would (would recalling this phase
@@ -119,17 +122,16 @@ class MemoryRouter(nn.Module):
         self.msm_q = nn.Linear(dim, dim, bias=False)
         self.msm_kv = nn.Linear(dim, 2 * dim, bias=False)
         self.msm_out = nn.Linear(dim, dim, bias=False)
-        # LSM
-        self.key = nn.Linear(dim, cfg.key_dim, bias=False)
-        self.query = nn.Linear(dim, cfg.key_dim, bias=False)
-        self.log_temp = nn.Parameter(torch.tensor(math.log(10.0)))
+        # LSM: one projection makes both the patch queries and the stored rows' keys
         self.read_log_temp = nn.Parameter(torch.tensor(math.log(10.0)))
         self.lsm_kv = nn.Linear(dim, 2 * dim, bias=False)
         self.lsm_out = nn.Linear(dim, dim, bias=False)
 
     def reset_parameters(self) -> None:
         """Run after the model's generic init: reads start silent, the gate favours the SSM,
-        every phase starts written; the router learns faster and without weight decay."""
+        every phase starts written; the router learns faster and without weight decay. (The
+        read temperature learns at the base rate: at the router's rate it rose to 40 and the
+        passkey retrieval it had learnt collapsed within 100 steps.)"""
         for lin in (self.msm_out, self.lsm_out):
             nn.init.zeros_(lin.weight)
         with torch.no_grad():
@@ -139,10 +141,8 @@ class MemoryRouter(nn.Module):
             self.write.bias.fill_(self.cfg.write_bias)
             self.msm_gate.bias.fill_(-1.0)
             nn.init.normal_(self.slot_init, std=0.5)
-            self.log_temp.fill_(math.log(10.0))
             self.read_log_temp.fill_(math.log(10.0))
-        temps = [self.log_temp, self.read_log_temp]
-        for p in [*self.router.parameters(), *self.write.parameters(), *temps]:
+        for p in [*self.router.parameters(), *self.write.parameters()]:
             p.lr_scale = self.cfg.router_lr_scale  # read by train.loop.make_optimizer
 
     # ------------------------------------------------------------------------------ router
@@ -167,58 +167,53 @@ class MemoryRouter(nn.Module):
         z = (att * gate)[..., None]
         return slots + z * (torch.tanh(self.msm_cand(u))[:, None] - slots)
 
-    def attend(
-        self,
-        q_lin,
-        kv_lin,
-        out_lin,
-        x: Tensor,
-        mem: Tensor,
-        bias: Tensor,
-        phid: Tensor,
-        successor: bool = False,
-    ) -> Tensor:
-        """Multi-head attention of patches ``x`` (B, P, D) over the memory rows of their own
-        phase. ``mem`` (B, F, G, L, D): the G groups of L rows that phase f may read; ``bias``
-        (B, F, G, L) an additive bias (``-inf`` hides a row); ``phid`` (B, P) each patch's
-        phase. A zero "nothing" row is always visible, so a patch with nothing to read gets
-        zero. Rows are projected once per phase and gathered per patch (a patch scores G * L
-        rows, not F * G * L).
-
-        With ``successor`` (the LSM) a group is a recalled phase and row j is keyed by its
-        patch j but holds patch j + 1: a patch that matches a recalled patch reads what came
-        after it there, the patch-level form of a nearest-neighbour LM's (context -> next
-        token) memory (Khandelwal et al., 2020). So copying past the window is one lookup,
-        with no previous-patch circuit to learn first. As in a kNN-LM the match is a
-        similarity: queries and row keys share one projection and are scored by cosine at
-        a learned temperature, so from the first step a patch attends to the stored patches
-        most like it (with separate random query and key projections nothing matched, and
-        no variant left chance in 1,300-3,200 steps)."""
+    def attend(self, x: Tensor, mem: Tensor, phid: Tensor) -> Tensor:
+        """MSM read: multi-head attention of patches ``x`` (B, P, D) over the slots their
+        phase reads, ``mem`` (B, F, M, D) for phase f. A zero "nothing" row is always visible.
+        Slots are projected once per phase and gathered per patch."""
         B, P, D = x.shape
         H, hd = self.heads, D // self.heads
-        Fn, G, L = mem.shape[1:4]
-        kv = kv_lin(self.norm(mem)).view(B * Fn, G, L, 2, H, hd)
-        k, v = kv[..., 0, :, :], kv[..., 1, :, :]  # (B * F, G, L, H, hd)
-        if successor:
-            k, v, bias = k[:, :, :-1], v[:, :, 1:], bias[..., 1:]
-        S = G * k.shape[2]
-        k = k.reshape(B * Fn, S, H, hd).transpose(1, 2)  # (B * F, H, S, hd)
-        if successor:  # one projection for queries and keys, cosine scores
-            q = F.linear(self.norm(x), kv_lin.weight[:D]).view(B, P, H, hd).transpose(1, 2)
-            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-            scale = self.read_log_temp.exp()
-        else:
-            q = q_lin(self.norm(x)).view(B, P, H, hd).transpose(1, 2)  # (B, H, P, hd)
-            scale = 1 / math.sqrt(hd)
+        Fn, M = mem.shape[1:3]
+        kv = self.msm_kv(self.norm(mem)).view(B * Fn, M, 2, H, hd)
         rows = (phid + Fn * torch.arange(B, device=x.device)[:, None]).flatten()  # whole rows:
-        k = k.reshape(B * Fn, -1).index_select(0, rows).view(B, P, H, S, hd)  # fast, unlike an
-        v = v.reshape(B * Fn, -1).index_select(0, rows).view(B, P, S, H, hd)  # element gather
-        b = bias.reshape(B * Fn, S).index_select(0, rows).view(B, P, S)
-        score = torch.einsum("bhpd,bphsd->bhps", q, k).float() * scale
-        score = score + b[:, None]
+        kv = kv.reshape(B * Fn, -1).index_select(0, rows).view(B, P, M, 2, H, hd)  # fast
+        q = self.msm_q(self.norm(x)).view(B, P, H, hd)
+        score = torch.einsum("bphd,bpshd->bhps", q, kv[..., 0, :, :]).float() / math.sqrt(hd)
+        att = F.pad(score, (1, 0), value=0.0).softmax(-1)[..., 1:]  # the "nothing" row
+        y = torch.einsum("bhps,bpshd->bphd", att.to(x.dtype), kv[..., 1, :, :])
+        return self.msm_out(y.reshape(B, P, D))
+
+    def row_key(self, states: Tensor) -> Tensor:
+        """LSM keys and queries (..., D) of patch states: the shared projection, unit-norm per
+        head and scaled by 1/sqrt(heads), so an inner product is the mean cosine over heads."""
+        D, H = self.dim, self.heads
+        k = F.linear(self.norm(states), self.lsm_kv.weight[:D])
+        k = F.normalize(k.view(*k.shape[:-1], H, D // H), dim=-1)
+        return k.flatten(-2) / math.sqrt(H)
+
+    def recall(self, x: Tensor, keys: Tensor, succ: Tensor, bias: Tensor) -> Tensor:
+        """LSM read: patches ``x`` (B, P, D) attend over their k recalled rows, row i keyed by
+        the stored patch ``keys[..., i, :]`` (B, P, k, D) and holding the patch that followed
+        it, ``succ`` (B, P, k, D); ``bias`` (B, P, k) is added to the scores (``-inf`` hides).
+
+        A patch that matches a recalled patch reads what came after it there: the patch-level
+        form of a nearest-neighbour LM's (context -> next token) memory (Khandelwal et al.,
+        2020), so copying past the window is one lookup. As in a kNN-LM the match is a
+        similarity: queries and keys share one projection and are scored by cosine at a
+        learned temperature, so from the first step a patch attends to the stored patches most
+        like it (with separate random query and key projections nothing matched, and no
+        variant left chance in 1,300-3,200 passkey steps). Scores are recomputed here from the
+        stored states, so stored keys get gradient within a training sequence."""
+        B, P, D = x.shape
+        H, hd = self.heads, D // self.heads
+        q = self.row_key(x).view(B, P, H, hd)
+        k = self.row_key(keys).view(*keys.shape[:3], H, hd)
+        v = F.linear(self.norm(succ), self.lsm_kv.weight[D:]).view(*succ.shape[:3], H, hd)
+        score = torch.einsum("bphd,bpshd->bhps", q, k).float() * (H * self.read_log_temp.exp())
+        score = score + bias[:, None]
         att = F.pad(score, (1, 0), value=0.0).softmax(-1)[..., 1:]  # the "nothing" row
         y = torch.einsum("bhps,bpshd->bphd", att.to(v.dtype), v)
-        return out_lin(y.reshape(B, P, D))
+        return self.lsm_out(y.reshape(B, P, D))
 
 
 def new_state(model, batch: int, device: torch.device) -> MemoryState:
@@ -301,17 +296,14 @@ def read_memory(
             new = mem.msm_update(slots[-1], u[:, f])
             slots.append(torch.where(ended[:, f, None, None], new, slots[-1]))
         hist = torch.stack(slots[:-1], 1)  # (B, F, M, D): what phase f reads
-        bias = hist.new_zeros(hist.shape[:3], dtype=torch.float)[:, :, None]
-        r = mem.attend(mem.msm_q, mem.msm_kv, mem.msm_out, x, hist[:, :, None], bias, phid)
+        r = mem.attend(x, hist, phid)
         out = out + g[..., 1:2] * r
         writes["slots"] = slots[-1]
 
     if cfg.lsm:
         L = cfg.max_phase
-        keys = F.normalize(mem.key(u), dim=-1)  # (B, F, K)
-        queries = F.normalize(mem.query(src), dim=-1)
         wlog = F.logsigmoid(mem.write(u)[..., 0].float())  # (B, F)
-        # this segment's phases as candidates (phase j serves phases after it)
+        # this segment's phases as store entries: patch states (B, F, L, D) by slot in phase
         slot_in_phase = (pidx - torch.where(start, pidx, 0).cummax(1).values).clamp(max=L - 1)
         # padding patches scatter into one spare slot past the end, dropped after
         flat = torch.where(real, phid * L + slot_in_phase, n_ph * L)
@@ -319,50 +311,50 @@ def read_memory(
         vals = vals[:, :-1].view(B, n_ph, L, D)
         vmask = torch.zeros(B, n_ph * L + 1, dtype=torch.bool, device=dev).scatter(1, flat, real)
         vmask = vmask[:, :-1].view(B, n_ph, L)
-        temp = mem.log_temp.exp()
-        s_in = torch.einsum("bqk,bjk->bqj", queries, keys).float()
-        ok_in = ended[:, None, :] & torch.ones(n_ph, n_ph, dtype=torch.bool, device=dev).tril(-1)
-        s_in = s_in.masked_fill(~ok_in, float("-inf"))
+        kmask = vmask & F.pad(vmask[..., 1:], (0, 1), value=False)  # rows with a successor
+        # patch j as a row: keyed by itself, holding patch j + 1 of its phase; readable by
+        # the patches of later phases once its phase has ended (in-window recall)
+        q = mem.row_key(x)  # (B, P, D): every patch's query, and its key as a row
+        succ_ok = F.pad((phid[:, 1:] == phid[:, :-1]) & real[:, 1:], (0, 1), value=False)
+        row_ok = succ_ok & real & ended.gather(1, phid)
+        ok_in = row_ok[:, None, :] & (phid[:, None, :] < phid[:, :, None])  # (B, P, P)
+        s_in = torch.einsum("bpk,bjk->bpj", q, q).float().masked_fill(~ok_in, float("-inf"))
         s_st, pos_st = (
-            state.lsm.search(queries.float(), cfg.top_k)
+            state.lsm.search(q.float(), cfg.top_k)
             if state.lsm is not None
             else (s_in[..., :0], s_in[..., :0].long())
         )
         k = min(cfg.top_k, s_in.shape[-1] + s_st.shape[-1])
-        top_s, top_i = torch.cat([s_st, s_in], -1).topk(k, dim=-1)  # (B, F, k)
+        top_s, top_i = torch.cat([s_st, s_in], -1).topk(k, dim=-1)  # (B, P, k)
         n_st = s_st.shape[-1]
         from_store = top_i < n_st
-        # gather values and write biases of the chosen phases
-        if n_st:
+        bi = torch.arange(B, device=dev)[:, None, None]
+        if n_st:  # the chosen store rows: key state, successor state, write logit
             st = state.lsm
-            sp = pos_st.gather(2, top_i.clamp(max=n_st - 1))
-            st_vals = st.values.to(x.dtype)[torch.arange(B, device=dev)[:, None, None], sp]
-            st_mask = st.vmask[torch.arange(B, device=dev)[:, None, None], sp]
-            st_logw = st.logw.gather(1, sp.flatten(1)).view_as(sp)
+            sp = pos_st.gather(2, top_i.clamp(max=n_st - 1))  # flat (entry * L + row)
+            st_vals = st.values.flatten(1, 2).to(x.dtype)
+            st_key, st_succ = st_vals[bi, sp], st_vals[bi, (sp + 1).clamp(max=st_vals.shape[1] - 1)]
+            st_logw = st.logw[bi, sp // st.rows]
         else:
             sp = top_i
-            st_vals = vals.new_zeros(B, n_ph, k, L, D)
-            st_mask = vmask.new_zeros(B, n_ph, k, L)
-            st_logw = wlog.new_zeros(B, n_ph, k)
-        ip = (top_i - n_st).clamp(min=0)
-        in_vals = vals[torch.arange(B, device=dev)[:, None, None], ip]
-        in_mask = vmask[torch.arange(B, device=dev)[:, None, None], ip]
-        in_logw = wlog.gather(1, ip.flatten(1)).view_as(ip)
+            st_key = st_succ = x.new_zeros(B, P, k, D)
+            st_logw = wlog.new_zeros(B, P, k)
+        ip = (top_i - n_st).clamp(min=0, max=P - 1)
+        in_key, in_succ = x[bi, ip], x[bi, (ip + 1).clamp(max=P - 1)]
+        in_logw = wlog[bi, phid[bi, ip]]
         fs = from_store[..., None]
-        r_vals = torch.where(fs[..., None], st_vals, in_vals)  # (B, F, k, L, D)
-        r_mask = torch.where(fs, st_mask, in_mask) & torch.isfinite(top_s)[..., None]
+        r_key = torch.where(fs, st_key, in_key)
+        r_succ = torch.where(fs, st_succ, in_succ)
         r_logw = torch.where(from_store, st_logw, in_logw)
         # the write logit gets the gradient of a bias on its phase's rows but adds nothing
         # (value 0): it learns whether recalling the phase more would help, and cannot shut
         # the store (a real log-probability bias fell to write rate 0.00 within 250 steps)
-        phase_bias = temp * top_s.masked_fill(~torch.isfinite(top_s), 0) + (
-            r_logw - r_logw.detach()
-        )
-        bias = torch.where(r_mask, phase_bias[..., None], float("-inf"))  # (B, F, k, L)
-        r = mem.attend(None, mem.lsm_kv, mem.lsm_out, x, r_vals, bias, phid, successor=True)
+        bias = torch.where(torch.isfinite(top_s), r_logw - r_logw.detach(), float("-inf"))
+        r = mem.recall(x, r_key, r_succ, bias)
         out = out + g[..., 2:3] * r
         # every finished phase is stored; the write decision only orders eviction
-        writes.update(keys=keys, vals=vals, vmask=vmask, wlog=wlog, ended=ended)
+        keys = mem.row_key(vals)
+        writes.update(keys=keys, kmask=kmask, vals=vals, vmask=vmask, wlog=wlog, ended=ended)
         if commit and n_st and not mem.training:
             state.lsm.touch(sp, from_store & torch.isfinite(top_s), state.pos)
         ew = ended.float()
@@ -386,6 +378,7 @@ def commit_writes(state: MemoryState, writes: dict, n_real: Tensor) -> None:
     if state.lsm is not None and "keys" in writes:
         state.lsm.add(
             writes["keys"],
+            writes["kmask"],
             writes["vals"],
             writes["vmask"],
             writes["wlog"],

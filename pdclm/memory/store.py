@@ -1,18 +1,21 @@
-"""The long-term memory (LSM) store: one unit-norm key per semantic phase, that phase's patch
-states as values, searched top-k by inner product.
+"""The long-term memory (LSM) store: one entry per semantic phase, holding that phase's patch
+states as values and one unit-norm key per patch (row), searched top-k over rows by inner
+product.
 
 Rows of a batch are independent streams, each with its own entries; entries are kept as padded
 tensors ``(B, N, ...)`` with a validity mask, so a training sequence keeps them differentiable
-(stored keys get gradient through the retrieval scores; without that the key space does not
-learn). Search is exact torch matmul while a row holds at most ``faiss_threshold`` entries;
-above it (never in training: faiss gives no gradient) each row searches its own faiss index:
-an inverted-file index over inner products (``IndexIVFFlat``, approximate, ``nprobe`` lists per
-query) which supports ``remove_ids`` (eviction) unlike HNSW. Either way the scores of the
-chosen entries are recomputed in torch, so both paths return the same kind of result.
+(the reader recomputes the chosen rows' scores from the stored states, so stored keys get
+gradient; without that the key space does not learn). Search is exact torch matmul while a
+stream holds at most ``faiss_threshold`` entries; above it (never in training: faiss gives no
+gradient) each stream searches its own faiss index over its rows: an inverted-file index over
+inner products (``IndexIVFFlat``, approximate, ``nprobe`` lists per query) which supports
+``remove_ids`` (eviction) unlike HNSW. Either way the scores of the chosen rows are recomputed
+in torch, so both paths return the same kind of result.
 
-Capacity: at most ``capacity`` entries per row; beyond it the entries the router decided not
-to write (write probability < 0.5) go first, then the least recently used (an entry is "used"
-when written and whenever a query retrieves it).
+Capacity: at most ``capacity`` entries (phases) per stream; beyond it the entries the router
+decided not to write (write probability < 0.5) go first, then the least recently used (an
+entry is "used" when written and whenever a query retrieves one of its rows). A phase is kept
+or evicted whole.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import math
 import numpy as np
 import torch
 from torch import Tensor
+
+FIELDS = ("keys", "kmask", "values", "vmask", "logw", "valid", "used", "ids")
 
 
 def decided_written(logw: Tensor) -> Tensor:
@@ -33,7 +38,8 @@ class LongTermStore:
     def __init__(self, batch: int, capacity: int, faiss_threshold: int, nprobe: int) -> None:
         self.batch, self.capacity = batch, capacity
         self.faiss_threshold, self.nprobe = faiss_threshold, nprobe
-        self.keys: Tensor | None = None  # (B, N, K) unit norm
+        self.keys: Tensor | None = None  # (B, N, R, K) one unit-norm key per row
+        self.kmask: Tensor | None = None  # (B, N, R) which rows can be found
         self.values: Tensor | None = None  # (B, N, L, D) patch states of the phase
         self.vmask: Tensor | None = None  # (B, N, L) which value slots are real patches
         self.logw: Tensor | None = None  # (B, N) log write probability (a retrieval bias)
@@ -45,12 +51,13 @@ class LongTermStore:
 
     @classmethod
     def of_keys(cls, keys: Tensor, faiss_threshold: int, nprobe: int) -> LongTermStore:
-        """One stream holding just these keys (1, N, K) and no values: for lookup tests and
-        the latency benchmark."""
+        """One stream holding just these keys (1, N, K), one row per entry, and no values: for
+        lookup tests and the latency benchmark."""
         n = keys.shape[1]
         store = cls(1, n, faiss_threshold, nprobe)
-        ones = torch.ones(1, n, dtype=torch.bool)
-        store.add(keys, torch.zeros(1, n, 1, 1), ones[..., None], torch.zeros(1, n), ones, 0)
+        ones = torch.ones(1, n, 1, dtype=torch.bool)
+        vals = torch.zeros(1, n, 1, 1)
+        store.add(keys[:, :, None], ones, vals, ones, torch.zeros(1, n), ones[..., 0], 0)
         return store
 
     # ---------------------------------------------------------------------------- basics
@@ -70,7 +77,7 @@ class LongTermStore:
                 setattr(self, name, t.detach())
 
     def select(self, rows: Tensor) -> None:
-        for name in ("keys", "values", "vmask", "logw", "valid", "used", "ids"):
+        for name in FIELDS:
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t[rows.to(t.device)])
@@ -79,9 +86,17 @@ class LongTermStore:
 
     # ---------------------------------------------------------------------------- write
     def add(
-        self, keys: Tensor, values: Tensor, vmask: Tensor, logw: Tensor, valid: Tensor, clock: int
+        self,
+        keys: Tensor,
+        kmask: Tensor,
+        values: Tensor,
+        vmask: Tensor,
+        logw: Tensor,
+        valid: Tensor,
+        clock: int,
     ) -> None:
-        """Append ``(B, n, ...)`` entries (``valid`` marks real ones), then evict past capacity."""
+        """Append ``(B, n, ...)`` entries (``valid`` marks real ones; ``kmask`` their rows that
+        can be found), then evict past capacity."""
         B, n = valid.shape
         if n == 0:
             return
@@ -89,7 +104,14 @@ class LongTermStore:
         self.next_id += B * n
         used = torch.full((B, n), clock, dtype=torch.long, device=valid.device)
         new = dict(
-            keys=keys, values=values, vmask=vmask, logw=logw, valid=valid, used=used, ids=ids
+            keys=keys,
+            kmask=kmask,
+            values=values,
+            vmask=vmask,
+            logw=logw,
+            valid=valid,
+            used=used,
+            ids=ids,
         )
         for name, t in new.items():
             old = getattr(self, name)
@@ -115,63 +137,83 @@ class LongTermStore:
         dropped = torch.ones_like(self.valid).scatter(1, keep, False) & self.valid
         for b in range(self.batch):
             if self._index[b] is not None and dropped[b].any():
-                self._index[b].remove_ids(self.ids[b][dropped[b]].cpu().numpy())
-        for name in ("keys", "values", "vmask", "logw", "valid", "used", "ids"):
+                self._index[b].remove_ids(self._row_ids(self.ids[b][dropped[b]]).cpu().numpy())
+        for name in FIELDS:
             t = getattr(self, name)
             idx = keep.view(*keep.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
             setattr(self, name, t.gather(1, idx))
 
     # ---------------------------------------------------------------------------- search
+    @property
+    def rows(self) -> int:
+        """Rows per entry (R)."""
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def findable(self) -> Tensor:
+        """(B, N * R) rows a search may return."""
+        return (self.valid[..., None] & self.kmask).flatten(1)
+
     def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """Top-``k`` entries per query: scores (B, Q, k) (``-inf`` where a row has fewer) and
-        positions (B, Q, k) into this store's N axis."""
+        """Top-``k`` rows per query: scores (B, Q, k) (``-inf`` where a stream has fewer) and
+        positions (B, Q, k) into this store's flattened (N * R) rows: entry ``pos // R``, row
+        ``pos % R``."""
         B, Q, _ = queries.shape
-        k = min(k, len(self))
+        k = min(k, len(self) * self.rows)
         if k == 0:
             return queries.new_full((B, Q, 0), float("-inf")), queries.new_zeros(
                 (B, Q, 0), dtype=torch.long
             )
+        flat = self.keys.flatten(1, 2).to(queries.dtype)  # (B, N * R, K)
+        ok_rows = self.findable()
         use_faiss = not torch.is_grad_enabled() or not self.keys.requires_grad
         use_faiss = use_faiss and int(self.counts().max()) > self.faiss_threshold
         if use_faiss:
             pos = torch.stack([self._faiss_search(b, queries[b], k) for b in range(B)])
         else:
-            s = torch.einsum("bqk,bnk->bqn", queries, self.keys.to(queries.dtype))
-            s = s.masked_fill(~self.valid[:, None, :], float("-inf"))
+            s = torch.einsum("bqk,bnk->bqn", queries, flat)
+            s = s.masked_fill(~ok_rows[:, None, :], float("-inf"))
             pos = s.topk(k, dim=-1).indices
-        keys = self.keys.to(queries.dtype).gather(
-            1, pos.reshape(B, Q * k, 1).expand(-1, -1, self.keys.shape[-1])
-        )
+        keys = flat.gather(1, pos.reshape(B, Q * k, 1).expand(-1, -1, flat.shape[-1]))
         scores = (queries[:, :, None, :] * keys.view(B, Q, k, -1)).sum(-1)
-        ok = self.valid.gather(1, pos.reshape(B, -1)).view(B, Q, k)
+        ok = ok_rows.gather(1, pos.reshape(B, -1)).view(B, Q, k)
         return scores.masked_fill(~ok, float("-inf")), pos
 
     def touch(self, pos: Tensor, hit: Tensor, clock: int) -> None:
-        """Mark retrieved entries ``pos`` (B, ...) where ``hit`` as used now (LRU)."""
+        """Mark the entries of retrieved rows ``pos`` (B, ...) where ``hit`` as used now (LRU)."""
         if self.used is None or pos.numel() == 0:
             return
         B = pos.shape[0]
-        p, h = pos.reshape(B, -1), hit.reshape(B, -1)
+        p, h = pos.reshape(B, -1) // self.rows, hit.reshape(B, -1)
         self.used = self.used.scatter(1, p, torch.where(h, clock, self.used.gather(1, p)))
 
+    def _row_ids(self, ids: Tensor) -> Tensor:
+        """faiss ids of all rows of entries ``ids`` (n,): entry id * R + row, increasing."""
+        R = self.rows
+        return (ids[:, None] * R + torch.arange(R, device=ids.device)).flatten()
+
     def _faiss_add(self, b: int, pos: Tensor) -> None:
+        """Index the findable rows of entries ``pos`` of stream ``b``."""
         if len(pos):
-            x = self.keys[b, pos].detach().float().cpu().numpy()
-            self._index[b].add_with_ids(np.ascontiguousarray(x), self.ids[b, pos].cpu().numpy())
+            ok = self.kmask[b, pos].flatten()
+            x = self.keys[b, pos].flatten(0, 1)[ok].detach().float().cpu().numpy()
+            ids = self._row_ids(self.ids[b, pos])[ok].cpu().numpy()
+            self._index[b].add_with_ids(np.ascontiguousarray(x), ids)
 
     def _faiss_search(self, b: int, q: Tensor, k: int) -> Tensor:
         if self._index[b] is None:
-            self._index[b] = build_ivf(self.keys[b][self.valid[b]], self.nprobe)
+            ok = self.findable()[b]
+            self._index[b] = build_ivf(self.keys[b].flatten(0, 1)[ok], self.nprobe)
             self._faiss_add(b, self.valid[b].nonzero()[:, 0])
         _, found = self._index[b].search(np.ascontiguousarray(q.detach().float().cpu().numpy()), k)
         found = torch.from_numpy(found).to(self.ids.device)
-        pos = torch.searchsorted(self.ids[b].contiguous(), found.clamp(min=0))
-        pos = pos.clamp(max=len(self) - 1)
-        # faiss pads missing results with -1: point them at an entry that search masks out
+        R = self.rows
+        entry = torch.searchsorted(self.ids[b].contiguous(), found.clamp(min=0) // R)
+        pos = entry.clamp(max=len(self) - 1) * R + found.clamp(min=0) % R
+        # faiss pads missing results with -1: point them at a row that search masks out
         return torch.where(found >= 0, pos, self._invalid_pos(b, pos))
 
     def _invalid_pos(self, b: int, like: Tensor) -> Tensor:
-        bad = (~self.valid[b]).nonzero()[:, 0]
+        bad = (~self.findable()[b]).nonzero()[:, 0]
         fill = int(bad[0]) if len(bad) else 0
         return torch.full_like(like, fill)
 
@@ -179,11 +221,10 @@ class LongTermStore:
     def tensors(self) -> dict[str, Tensor]:
         if self.keys is None:
             return {}
-        names = ("keys", "values", "vmask", "logw", "valid", "used", "ids")
-        return {f"lsm.{n}": getattr(self, n).detach().contiguous() for n in names}
+        return {f"lsm.{n}": getattr(self, n).detach().contiguous() for n in FIELDS}
 
     def load_tensors(self, tensors: dict[str, Tensor], next_id: int) -> None:
-        for n in ("keys", "values", "vmask", "logw", "valid", "used", "ids"):
+        for n in FIELDS:
             setattr(self, n, tensors.get(f"lsm.{n}"))
         self.batch = self.batch if self.keys is None else self.keys.shape[0]
         self.next_id = next_id

@@ -257,7 +257,7 @@ class MemoryStream:
 
 def _fingerprint(model) -> dict:
     c = model.memory.cfg
-    keys = ("segment", "window", "ssm", "msm", "lsm", "slots", "key_dim", "max_phase")
+    keys = ("segment", "window", "ssm", "msm", "lsm", "slots", "max_phase")
     return {k: getattr(c, k) for k in keys} | {"dim": model.memory.dim}
 
 
