@@ -9,8 +9,8 @@ depths spread evenly), greedy, whole key and per digit.
     pdclm train pretrain --preset cpu --data.max-bytes=1500000 --train.steps=1 --out runs/pse
     PSE=runs/pse/phase1_model   # or any `pse` folder, e.g. from `pdclm bench pretrain`
     # one thread each, two side by side on 2 cores
-    python benchmarks/passkey_memory.py --pse $PSE --variant full
-    python benchmarks/passkey_memory.py --pse $PSE --variant lsm_only --warmup 0
+    python benchmarks/passkey_memory.py --pse $PSE --variant full --threshold 4.0
+    python benchmarks/passkey_memory.py --pse $PSE --variant lsm_only --threshold 4.0 --eval-top-k 16
 
 Training: ``--warmup`` steps (150) with the loss on the key's first digit alone, then the
 ordinary next-symbol loss on every symbol of the row. Without the warm-up no variant left
@@ -23,7 +23,9 @@ memory is still silent.
 
 Variants: ``full`` (SSM, MSM, LSM), ``lsm_only`` (SSM and LSM), ``no_lsm`` (SSM and MSM),
 ``ssm_only`` (no memory past the window: the control), ``equal`` (fixed equal mixing);
-``--set name=value`` overrides any ``model.memory`` field. Every ``--every`` steps it prints
+``--set name=value`` overrides any ``model.memory`` field; ``--eval-top-k K ...`` scores the
+trained weights again recalling K stored patches per patch (``eval_top_k``; the tiny preset: 4).
+Every ``--every`` steps it prints
 the loss, ``ans_ce`` (the mean loss on the answer digits over those steps; chance is ln 10 =
 2.30 nats), the router's read shares and write rate, and the held-out accuracy (whole key, per
 digit, per digit position). Output of the runs in the README: ``benchmarks/passkey_memory.txt``.
@@ -62,9 +64,6 @@ def build(args) -> PDCLM:
     cfg.pse.patcher.rule = args.rule
     mem = cfg.model.memory
     mem.enabled, mem.segment, mem.window, mem.max_phase = True, args.seg, args.window, 16
-    # the router at the base learning rate: at 10x its gate went to 0.83-0.90 LSM and the
-    # retrieval it had learnt collapsed within 50-250 steps, at 1x it held (--set to change)
-    mem.router_lr_scale = 1.0
     for k, v in VARIANTS[args.variant].items():
         setattr(mem, k, v)
     for kv in args.set:
@@ -169,8 +168,8 @@ def main() -> None:
     print(f"final {args.steps} ({time.time() - t0:.0f}s): {report(model, args, (1, 4, 16, 64))}")
     for k in args.eval_top_k:  # the same weights recalling k stored patches instead
         if model.memory is not None:
-            model.memory.cfg.top_k = k
-            print(f"final, top_k {k}: {report(model, args, (4, 16, 64))}", flush=True)
+            model.memory.cfg.eval_top_k = k
+            print(f"final, top_k {k}: {report(model, args, (1, 4, 16, 64))}", flush=True)
 
 
 def report(model: PDCLM, args, lengths: tuple[int, ...] = (1, 4)) -> str:

@@ -153,14 +153,31 @@ def test_router_gate_sums_to_one_and_starts_local():
     assert torch.allclose(g[..., 2], torch.full((3, 5), floor)) and (g[..., 1] == 0).all()
 
 
-def test_router_learns_faster_without_weight_decay():
+def test_eval_top_k_sets_how_many_patches_are_recalled_outside_training():
+    model, _ = memory_model(64, top_k=8, msm=False)
+    x = torch.randint(0, 256, (2, 256), generator=torch.Generator().manual_seed(3))
+
+    def logits(eval_top_k: int, train: bool = False) -> torch.Tensor:
+        model.memory.cfg.eval_top_k = eval_top_k
+        model.train(train)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return model(x)
+
+    assert torch.equal(logits(0), logits(8))  # 0: as in training
+    assert not torch.allclose(logits(1), logits(8))  # fewer recalled rows, another read
+    assert torch.equal(logits(1, train=True), logits(8, train=True))  # training: top_k
+    model.eval()
+
+
+def test_router_learns_at_its_own_rate_without_weight_decay():
     cfg = load_preset("tiny")
-    cfg.model.memory.enabled = True
+    cfg.model.memory.enabled, cfg.model.memory.router_lr_scale = True, 10.0
     model = PDCLM(cfg.pse, cfg.model)
     groups = make_optimizer(model, cfg.train).param_groups
     fast = [g for g in groups if g.get("lr_scale")]
     assert len(fast) == 1 and fast[0]["weight_decay"] == 0.0
-    assert fast[0]["lr_scale"] == cfg.model.memory.router_lr_scale
+    assert fast[0]["lr_scale"] == 10.0
     ids = {id(p) for p in fast[0]["params"]}
     assert id(model.memory.router.bias) in ids and id(model.memory.write.weight) in ids
 

@@ -17,8 +17,9 @@ backpropagation through all segments of a training sequence), evaluation and gen
   finished phase: the phase's patch states, each patch a row keyed by itself and holding the
   patch that followed it in the phase. Every patch sends one query (all of a segment's
   queries go to the store in one batched top-k search) and attends over the ``top_k`` rows
-  most like it: a patch that matches a stored one reads what came next there. Queries and keys
-  share one projection and are scored by cosine, so the match works from the start. Phases of
+  most like it (``eval_top_k`` outside training): a patch that matches a stored one reads
+  what came next there. Queries and keys share one projection and are scored by cosine, so
+  the match works from the start. Phases of
   the current training sequence stay differentiable, and the rows of the current segment's
   finished phases are candidates for the patches of later phases of the same segment
   (in-window recall trains the key space). Entries are written, kept and evicted per phase.
@@ -129,9 +130,9 @@ class MemoryRouter(nn.Module):
 
     def reset_parameters(self) -> None:
         """Run after the model's generic init: reads start silent, the gate favours the SSM,
-        every phase starts written; the router learns faster and without weight decay. (The
-        read temperature learns at the base rate: at the router's rate it rose to 40 and the
-        passkey retrieval it had learnt collapsed within 100 steps.)"""
+        every phase starts written; the router learns at its own rate (``router_lr_scale``)
+        and without weight decay. The read temperature is not a router parameter and learns at
+        the base rate (at 10x it rose to 40 and the learnt passkey retrieval collapsed)."""
         for lin in (self.msm_out, self.lsm_out):
             nn.init.zeros_(lin.weight)
         with torch.no_grad():
@@ -319,12 +320,13 @@ def read_memory(
         row_ok = succ_ok & real & ended.gather(1, phid)
         ok_in = row_ok[:, None, :] & (phid[:, None, :] < phid[:, :, None])  # (B, P, P)
         s_in = torch.einsum("bpk,bjk->bpj", q, q).float().masked_fill(~ok_in, float("-inf"))
+        top_k = cfg.top_k if mem.training or not cfg.eval_top_k else cfg.eval_top_k
         s_st, pos_st = (
-            state.lsm.search(q.float(), cfg.top_k)
+            state.lsm.search(q.float(), top_k)
             if state.lsm is not None
             else (s_in[..., :0], s_in[..., :0].long())
         )
-        k = min(cfg.top_k, s_in.shape[-1] + s_st.shape[-1])
+        k = min(top_k, s_in.shape[-1] + s_st.shape[-1])
         top_s, top_i = torch.cat([s_st, s_in], -1).topk(k, dim=-1)  # (B, P, k)
         n_st = s_st.shape[-1]
         from_store = top_i < n_st
