@@ -270,7 +270,7 @@ def lsm_latency(
             }
         )
         print(
-            f"LSM {n:>8} phases: torch {t_torch * 1e3:.1f} ms, "
+            f"LSM {n:>8} rows: torch {t_torch * 1e3:.1f} ms, "
             f"faiss {t_faiss * 1e3:.1f} ms, recall {recall:.3f}"
         )
         del store, keys
