@@ -10,7 +10,7 @@ depths spread evenly), greedy, whole key and per digit.
     PSE=runs/pse/phase1_model   # or any `pse` folder, e.g. from `pdclm bench pretrain`
     # one thread each, two side by side on 2 cores
     python benchmarks/passkey_memory.py --pse $PSE --variant full --threshold 4.0
-    python benchmarks/passkey_memory.py --pse $PSE --variant lsm_only --threshold 4.0 \
+    python benchmarks/passkey_memory.py --pse $PSE --variant lsm_only --threshold 4.0 \\
         --eval-top-k 16
 
 Training: ``--warmup`` steps (150) with the loss on the key's first digit alone, then the
