@@ -192,10 +192,11 @@ class MemoryRouter(nn.Module):
         k = F.normalize(k.view(*k.shape[:-1], H, D // H), dim=-1)
         return k.flatten(-2) / math.sqrt(H)
 
-    def recall(self, x: Tensor, keys: Tensor, succ: Tensor, bias: Tensor) -> Tensor:
-        """LSM read: patches ``x`` (B, P, D) attend over their k recalled rows, row i keyed by
-        the stored patch ``keys[..., i, :]`` (B, P, k, D) and holding the patch that followed
-        it, ``succ`` (B, P, k, D); ``bias`` (B, P, k) is added to the scores (``-inf`` hides).
+    def recall(self, q: Tensor, keys: Tensor, succ: Tensor, bias: Tensor) -> Tensor:
+        """LSM read: patches with queries ``q`` (B, P, D, from :meth:`row_key`) attend over
+        their k recalled rows, row i keyed by ``keys[..., i, :]`` (B, P, k, D, :meth:`row_key`
+        of the stored patch) and holding the patch state that followed it, ``succ``
+        (B, P, k, D); ``bias`` (B, P, k) is added to the scores (``-inf`` hides).
 
         A patch that matches a recalled patch reads what came after it there: the patch-level
         form of a nearest-neighbour LM's (context -> next token) memory (Khandelwal et al.,
@@ -203,12 +204,13 @@ class MemoryRouter(nn.Module):
         similarity: queries and keys share one projection and are scored by cosine at a
         learned temperature, so from the first step a patch attends to the stored patches most
         like it (with separate random query and key projections nothing matched, and no
-        variant left chance in 1,300-3,200 passkey steps). Scores are recomputed here from the
-        stored states, so stored keys get gradient within a training sequence."""
-        B, P, D = x.shape
+        variant left chance in 1,300-3,200 passkey steps). The caller makes the keys from the
+        stored states with the current weights, so stored keys get gradient within a training
+        sequence."""
+        B, P, D = q.shape
         H, hd = self.heads, D // self.heads
-        q = self.row_key(x).view(B, P, H, hd)
-        k = self.row_key(keys).view(*keys.shape[:3], H, hd)
+        q = q.view(B, P, H, hd)
+        k = keys.view(*keys.shape[:3], H, hd)
         v = F.linear(self.norm(succ), self.lsm_kv.weight[D:]).view(*succ.shape[:3], H, hd)
         score = torch.einsum("bphd,bpshd->bhps", q, k).float() * (H * self.read_log_temp.exp())
         score = score + bias[:, None]
@@ -304,18 +306,21 @@ def read_memory(
     if cfg.lsm:
         L = cfg.max_phase
         wlog = F.logsigmoid(mem.write(u)[..., 0].float())  # (B, F)
-        # this segment's phases as store entries: patch states (B, F, L, D) by slot in phase
+        q = mem.row_key(x)  # (B, P, D): every patch's query, and its key as a row
+        # this segment's phases as store entries (B, F, L, ...) by slot in phase; padding
+        # patches scatter into one spare slot past the end, dropped after
         slot_in_phase = (pidx - torch.where(start, pidx, 0).cummax(1).values).clamp(max=L - 1)
-        # padding patches scatter into one spare slot past the end, dropped after
         flat = torch.where(real, phid * L + slot_in_phase, n_ph * L)
-        vals = x.new_zeros(B, n_ph * L + 1, D).scatter(1, flat[..., None].expand(-1, -1, D), x)
-        vals = vals[:, :-1].view(B, n_ph, L, D)
-        vmask = torch.zeros(B, n_ph * L + 1, dtype=torch.bool, device=dev).scatter(1, flat, real)
-        vmask = vmask[:, :-1].view(B, n_ph, L)
+
+        def by_phase(t: Tensor) -> Tensor:
+            C = t.shape[-1]
+            out = t.new_zeros(B, n_ph * L + 1, C).scatter(1, flat[..., None].expand(-1, -1, C), t)
+            return out[:, :-1].view(B, n_ph, L, C)
+
+        vals, keys, vmask = by_phase(x), by_phase(q), by_phase(real[..., None])[..., 0]
         kmask = vmask & F.pad(vmask[..., 1:], (0, 1), value=False)  # rows with a successor
         # patch j as a row: keyed by itself, holding patch j + 1 of its phase; readable by
         # the patches of later phases once its phase has ended (in-window recall)
-        q = mem.row_key(x)  # (B, P, D): every patch's query, and its key as a row
         succ_ok = F.pad((phid[:, 1:] == phid[:, :-1]) & real[:, 1:], (0, 1), value=False)
         row_ok = succ_ok & real & ended.gather(1, phid)
         ok_in = row_ok[:, None, :] & (phid[:, None, :] < phid[:, :, None])  # (B, P, P)
@@ -331,18 +336,19 @@ def read_memory(
         n_st = s_st.shape[-1]
         from_store = top_i < n_st
         bi = torch.arange(B, device=dev)[:, None, None]
-        if n_st:  # the chosen store rows: key state, successor state, write logit
+        if n_st:  # the chosen store rows: key (fresh, from the state), successor, write logit
             st = state.lsm
             sp = pos_st.gather(2, top_i.clamp(max=n_st - 1))  # flat (entry * L + row)
             st_vals = st.values.flatten(1, 2).to(x.dtype)
-            st_key, st_succ = st_vals[bi, sp], st_vals[bi, (sp + 1).clamp(max=st_vals.shape[1] - 1)]
+            st_succ = st_vals[bi, (sp + 1).clamp(max=st_vals.shape[1] - 1)]
+            st_key = mem.row_key(st_vals[bi, sp])
             st_logw = st.logw[bi, sp // st.rows]
         else:
             sp = top_i
             st_key = st_succ = x.new_zeros(B, P, k, D)
             st_logw = wlog.new_zeros(B, P, k)
         ip = (top_i - n_st).clamp(min=0, max=P - 1)
-        in_key, in_succ = x[bi, ip], x[bi, (ip + 1).clamp(max=P - 1)]
+        in_key, in_succ = q[bi, ip], x[bi, (ip + 1).clamp(max=P - 1)]
         in_logw = wlog[bi, phid[bi, ip]]
         fs = from_store[..., None]
         r_key = torch.where(fs, st_key, in_key)
@@ -352,10 +358,9 @@ def read_memory(
         # (value 0): it learns whether recalling the phase more would help, and cannot shut
         # the store (a real log-probability bias fell to write rate 0.00 within 250 steps)
         bias = torch.where(torch.isfinite(top_s), r_logw - r_logw.detach(), float("-inf"))
-        r = mem.recall(x, r_key, r_succ, bias)
+        r = mem.recall(q, r_key, r_succ, bias)
         out = out + g[..., 2:3] * r
         # every finished phase is stored; the write decision only orders eviction
-        keys = mem.row_key(vals)
         writes.update(keys=keys, kmask=kmask, vals=vals, vmask=vmask, wlog=wlog, ended=ended)
         if commit and n_st and not mem.training:
             state.lsm.touch(sp, from_store & torch.isfinite(top_s), state.pos)
