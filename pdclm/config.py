@@ -240,6 +240,16 @@ class BenchConfig:
     """Where saved benchmark JSONs live; ``pdclm run`` reads their claim rows from here."""
     memory_seconds: float = 120.0
     """``pdclm bench memory``: wall-clock training budget per memory variant."""
+    memory_pse: str = ""
+    """``pdclm bench memory``: a trained PSE's model folder to read with (e.g. a pretrain
+    run's ``phase1_model``) instead of training the preset's; empty: train one."""
+    memory_warmup: float = 0.25
+    """``pdclm bench memory``: share of the steps whose loss is the passkey rows' first key
+    digit alone (the one only memory can supply): without it no variant left chance."""
+    memory_key_weight: float = 32.0
+    """``pdclm bench memory``: after the warm-up, the loss weight of a passkey row's key digits
+    (every other target: 1). At 1 the text rows' loss undid the recall learnt in the warm-up
+    within 50 steps (first-digit loss 0.002, then chance)."""
     memory_trials: int = 32
     """``pdclm bench memory``: passkey and recall items per length."""
     memory_docs: int = 4

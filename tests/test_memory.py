@@ -11,10 +11,11 @@ import torch
 
 from pdclm.cli import main
 from pdclm.config import ConfigError, load_preset, validate
-from pdclm.eval.memory import VARIANTS
+from pdclm.eval.memory import VARIANTS, given_pse, task_batch
 from pdclm.memory.store import LongTermStore
 from pdclm.memory.stream import MemoryStream
 from pdclm.memory.tasks import greedy_correct, greedy_hits, passkey
+from pdclm.model.io import load_model, save_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.train.loop import make_optimizer
 from pdclm.vocab import VOCAB_SIZE
@@ -346,6 +347,57 @@ def test_passkey_scoring_accepts_the_key_and_rejects_a_wrong_digit(digits):
     wrong[last, ord("0") + (stream[answers[-1]] - ord("0") + 1) % 10] = 1  # next digit
     assert greedy_hits(wrong, stream, answers) == [True] * (digits - 1) + [False]
     assert greedy_correct(wrong, stream, answers, digits) == [False]
+
+
+def test_bench_memory_reads_with_a_given_pse(tmp_path):
+    """``bench.memory_pse``: the bench's model gets the given entropy model, with the patch
+    rule and threshold asked for, or the PSE's own threshold when none is."""
+    cfg = load_preset("tiny")
+    torch.manual_seed(3)
+    src = PDCLM(cfg.pse, cfg.model)
+    src.threshold.fill_(2.5)
+    save_model(src, cfg, tmp_path / "given")
+    for threshold, rule, want in ((3.5, "global", 3.5), (0.0, "entropy_jump", 2.5)):
+        bench = load_preset("tiny")
+        bench.data.dir = str(tmp_path / "data")
+        bench.bench.memory_pse = str(tmp_path / "given")
+        bench.pse.patcher.rule, bench.pse.patcher.threshold = rule, threshold
+        given_pse(bench, tmp_path / rule)
+        model, saved = load_model(tmp_path / rule / "pse")
+        assert saved.pse.patcher.rule == rule and float(model.threshold) == want
+        for k, v in src.entropy.state_dict().items():
+            assert torch.equal(model.entropy.state_dict()[k], v), k
+
+
+def test_bench_warmup_weighs_only_the_first_key_digit_of_passkey_rows():
+    """``pdclm bench memory``'s curriculum: during the warm-up a batch's loss weight sits on
+    exactly one target per passkey row, its first key digit; after it on every target."""
+    cfg = load_preset("tiny")
+    cfg.train.batch = 16
+    n = cfg.train.seq_len
+
+    class Text:  # corpus rows: all "a", so any other symbol comes from a task row
+        def batch(self, step):
+            return (torch.full((cfg.train.batch, n + 1), 97),)
+
+    tokens, weights = task_batch(3, cfg, Text(), warmup=10)
+    assert tokens.shape == (16, n + 1) and weights.shape == (16, n)
+    key_rows = [r for r in range(16) if b"pass key" in bytes(tokens[r].clamp(max=255).tolist())]
+    assert key_rows and weights.sum() == len(key_rows)
+    for r in range(16):
+        hot = weights[r].nonzero().flatten().tolist()
+        if r not in key_rows:
+            assert hot == []
+            continue
+        (t,) = hot
+        target, before = tokens[r, t + 1], bytes(tokens[r, t - 15 : t + 1].tolist())
+        assert chr(target).isdigit() and before.endswith(b"The pass key is ")
+        assert t == n - 7  # the asked key (5 digits and ".\n" end the row), not a mention
+    tokens_after, weights_after = task_batch(3, cfg, Text(), warmup=3)
+    assert torch.equal(tokens_after, tokens)
+    heavy = (weights_after == cfg.bench.memory_key_weight).nonzero().tolist()
+    assert sorted(heavy) == [[r, n - 7 + d] for r in key_rows for d in range(5)]
+    assert bool((weights_after[weights_after != cfg.bench.memory_key_weight] == 1).all())
 
 
 def test_a_tiny_run_learns_passkey_retrieval_beyond_its_window():

@@ -5,8 +5,12 @@ PD-CLM) starts from the same frozen PSE and the same initial weights and trains 
 wall-clock budget (``bench.memory_seconds``: equal compute) on the same task mix: passkey
 items, associative-recall items and text from the corpus, each a training sequence of
 ``train.seq_len`` symbols (``seq_len / memory.segment`` segments, memory carried and
-backpropagated through all of them). Each variant runs in its own spawned process, so its
-peak resident memory is its own. Then, for each:
+backpropagated through all of them). The first ``bench.memory_warmup`` of the steps weigh only
+the passkey rows' first key digit (the curriculum without which no variant left chance); the
+rest weigh every symbol, the key digits ``bench.memory_key_weight`` times. The PSE is trained
+from the preset, or ``bench.memory_pse`` names a trained one (with ``pse.patcher.rule`` /
+``pse.patcher.threshold`` to choose its patches). Each variant runs in its own spawned
+process, so its peak resident memory is its own. Then, for each:
 
 - passkey accuracy at 1x, 4x, 16x and 64x the training sequence length (key depths spread
   evenly), whole key right under greedy decoding;
@@ -61,18 +65,34 @@ def variant_config(cfg: Config, overrides: dict[str, Any]) -> Config:
     return vcfg
 
 
-def task_batch(step: int, cfg: Config, text) -> tuple[torch.Tensor]:
-    """Training batch ``step``: a mix of passkey, recall and text rows (depends on step only)."""
+def task_batch(step: int, cfg: Config, text, warmup: int = 0) -> tuple[torch.Tensor, ...]:
+    """Training batch ``step`` (depends on step only): a mix of passkey, recall and text rows,
+    and a weight per target. For the first ``warmup`` steps only the passkey rows' first key
+    digit weighs (the curriculum of ``benchmarks/passkey_memory.py``: that digit's recall
+    needs memory alone, the later ones follow it); then every target weighs one and the key
+    digits ``bench.memory_key_weight``."""
     rng = np.random.default_rng([cfg.train.seed, 31, step])
     n, B = cfg.train.seq_len, cfg.train.batch
     kinds = rng.choice(3, size=B, p=KIND_SHARES)
     rows = text.batch(step)[0].tolist()
+    keys: list[list[int]] = []  # target indices of each passkey row's key digits
     for r, kind in enumerate(kinds):
         if kind == 0:
-            rows[r] = passkey(rng, n)[0]
+            rows[r], answers = passkey(rng, n)
+            keys.append([a - 1 for a in answers])
         elif kind == 1:
             rows[r] = assoc_recall(rng, n, RECALL_PAIRS)[0]
-    return (torch.tensor(rows),)
+    tokens = torch.tensor(rows)
+    key_rows = torch.from_numpy(np.flatnonzero(kinds == 0))
+    warm = step < warmup
+    weights = torch.zeros(B, n) if warm else torch.ones(B, n)
+    if keys:
+        at = torch.tensor(keys, dtype=torch.long)
+        if warm:
+            weights[key_rows, at[:, 0]] = 1.0
+        else:
+            weights[key_rows[:, None], at] = cfg.bench.memory_key_weight
+    return tokens, weights
 
 
 @torch.no_grad()
@@ -141,7 +161,7 @@ def _run_variant(name: str, cfg: Config, out_dir: str, queue) -> None:
     from pdclm.model.io import load_model
     from pdclm.model.pdclm import PDCLM
     from pdclm.train.loop import MetricsLog, Trainer
-    from pdclm.train.objectives import lm_loss
+    from pdclm.train.objectives import weighted_lm_loss
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -156,16 +176,24 @@ def _run_variant(name: str, cfg: Config, out_dir: str, queue) -> None:
     run = Path(out_dir) / name
     log = MetricsLog(run, tensorboard=False)
     seconds = cfg.bench.memory_seconds
-    sample = lambda i, rows: task_batch(i, cfg, text)
     # size the schedule to the budget from a short timing, then train from the same weights
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
     probe_cfg = dataclasses.replace(cfg.train, steps=5, warmup=0)
     probe = Trainer(
-        f"{name}-probe", model, probe_cfg, run, sample, lm_loss, checkpoints=False, progress=False
+        f"{name}-probe",
+        model,
+        probe_cfg,
+        run,
+        lambda i, rows: task_batch(i, cfg, text),
+        weighted_lm_loss,
+        checkpoints=False,
+        progress=False,
     )
     step_time = probe.fit(resume=False)["seconds_per_step_steady"]
     model.load_state_dict(init_state)
     steps = max(10, int(seconds / step_time))
+    warmup = int(cfg.bench.memory_warmup * steps)
+    sample = lambda i, rows: task_batch(i, cfg, text, warmup)
     tcfg = dataclasses.replace(
         cfg.train, steps=steps, warmup=min(cfg.train.warmup, steps // 10), log_every=10
     )
@@ -175,7 +203,7 @@ def _run_variant(name: str, cfg: Config, out_dir: str, queue) -> None:
         tcfg,
         run,
         sample,
-        lm_loss,
+        weighted_lm_loss,
         log=log,
         max_seconds=seconds,
         checkpoints=False,
@@ -277,6 +305,30 @@ def lsm_latency(
     return rows
 
 
+def given_pse(cfg: Config, out_dir: Path) -> None:
+    """Use the trained PSE of ``bench.memory_pse`` (a model folder) instead of training one:
+    its entropy model, and its patch rule and threshold unless ``pse.patcher.threshold`` is
+    set (then ``pse.patcher`` as given). Updates ``cfg.pse`` to match; the corpus is ingested
+    as usual (text rows, held-out long documents)."""
+    from pdclm.model.io import load_model, save_model
+    from pdclm.model.pdclm import PDCLM
+    from pdclm.train.pretrain import prepare_shared
+
+    prepare_shared(cfg, progress=True)
+    given, pcfg = load_model(cfg.bench.memory_pse)
+    cfg.pse.entropy = pcfg.pse.entropy
+    if cfg.pse.patcher.threshold <= 0:
+        cfg.pse.patcher = pcfg.pse.patcher
+    model = PDCLM(cfg.pse, cfg.model)  # the bench's model around the given entropy model
+    model.entropy.load_state_dict(given.entropy.state_dict())
+    model.threshold.fill_(cfg.pse.patcher.threshold or float(given.threshold))
+    print(
+        f"PSE {cfg.bench.memory_pse}: rule {cfg.pse.patcher.rule}, "
+        f"threshold {float(model.threshold):.2f} bits"
+    )
+    save_model(model, cfg, out_dir / "pse")
+
+
 def bench_memory(cfg: Config, out: Path | None = None) -> dict[str, Any]:
     from pdclm.model.io import save_model
     from pdclm.pipeline import RunContext
@@ -285,8 +337,11 @@ def bench_memory(cfg: Config, out: Path | None = None) -> dict[str, Any]:
     out_dir = out or Path("runs") / f"bench-memory-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    pse = prepare_pse(RunContext(cfg, out_dir))
-    save_model(pse.model, cfg, out_dir / "pse")
+    if cfg.bench.memory_pse:
+        given_pse(cfg, out_dir)
+    else:
+        pse = prepare_pse(RunContext(cfg, out_dir))
+        save_model(pse.model, cfg, out_dir / "pse")
     pse_seconds = time.perf_counter() - t0
     rows: dict[str, Any] = {}
     for name, overrides in VARIANTS.items():

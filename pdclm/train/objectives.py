@@ -16,8 +16,13 @@ def lm_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[s
     """Next-symbol loss for any model whose forward maps (tokens[, entropy]) to logits; a
     model with memory also reports its router's read shares and write rate."""
     loss, bpb = next_symbol_loss(model(*batch), batch[0][:, 1:])
+    return loss, {"bpb": float(bpb.detach()), **memory_stats(model)}
+
+
+def memory_stats(model: nn.Module) -> dict[str, float]:
+    """The router's read shares and write rate of the last forward (none without memory)."""
     memory = getattr(getattr(model, "module", model), "memory", None)
-    return loss, {"bpb": float(bpb.detach()), **(memory.last_stats if memory is not None else {})}
+    return dict(memory.last_stats) if memory is not None else {}
 
 
 def causal_lm_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:
@@ -39,7 +44,7 @@ def weighted_lm_loss(
     )
     w = weights.reshape(-1).float()
     loss = (ce * w).sum() / w.sum().clamp(min=1e-6)
-    return loss, {"bpb": float(loss.detach()) / LN2}
+    return loss, {"bpb": float(loss.detach()) / LN2, **memory_stats(model)}
 
 
 Objective = Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, dict[str, float]]]
