@@ -15,10 +15,7 @@ import time
 from pathlib import Path
 
 from pdclm.config import from_dict, load_preset, resolve
-from pdclm.eval.memory import VARIANTS, _run_variant, given_pse, variant_config
-from pdclm.model.io import save_model
-from pdclm.pipeline import RunContext
-from pdclm.train.pretrain import prepare_pse
+from pdclm.eval.memory import VARIANTS, _run_variant, bench_pse, variant_config
 
 
 def main(out: Path, variants: list[str], overrides: list[str]) -> None:
@@ -34,11 +31,7 @@ def main(out: Path, variants: list[str], overrides: list[str]) -> None:
     resolve(cfg)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "pse").exists():
-        if cfg.bench.memory_pse:
-            given_pse(cfg, out)
-        else:
-            pse = prepare_pse(RunContext(cfg, out, progress=False))
-            save_model(pse.model, cfg, out / "pse")
+        bench_pse(cfg, out, progress=False)
     # the PSE's entropy model and patcher (calibrated threshold included), as the bench reads
     cfg.pse = from_dict(json.loads((out / "pse/config.json").read_text())).pse
     for name in variants:

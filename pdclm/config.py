@@ -249,7 +249,7 @@ class BenchConfig:
     memory_key_weight: float = 32.0
     """``pdclm bench memory``: after the warm-up, the loss weight of a passkey row's key digits
     (every other target: 1). At 1 the text rows' loss undid the recall learnt in the warm-up
-    within 50 steps (first-digit loss 0.002, then chance)."""
+    within 50 steps (first-digit loss 0.002, then no whole key at any length)."""
     memory_trials: int = 32
     """``pdclm bench memory``: passkey and recall items per length."""
     memory_docs: int = 4

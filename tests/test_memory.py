@@ -11,7 +11,7 @@ import torch
 
 from pdclm.cli import main
 from pdclm.config import ConfigError, load_preset, validate
-from pdclm.eval.memory import VARIANTS, given_pse, task_batch
+from pdclm.eval.memory import VARIANTS, bench_pse, task_batch
 from pdclm.memory.store import LongTermStore
 from pdclm.memory.stream import MemoryStream
 from pdclm.memory.tasks import greedy_correct, greedy_hits, passkey
@@ -362,11 +362,14 @@ def test_bench_memory_reads_with_a_given_pse(tmp_path):
         bench.data.dir = str(tmp_path / "data")
         bench.bench.memory_pse = str(tmp_path / "given")
         bench.pse.patcher.rule, bench.pse.patcher.threshold = rule, threshold
-        given_pse(bench, tmp_path / rule)
+        bench_pse(bench, tmp_path / rule)
         model, saved = load_model(tmp_path / rule / "pse")
         assert saved.pse.patcher.rule == rule and float(model.threshold) == want
         for k, v in src.entropy.state_dict().items():
             assert torch.equal(model.entropy.state_dict()[k], v), k
+    bench.bench.memory_pse = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="holds no model"):
+        bench_pse(bench, tmp_path / "missing-out")
 
 
 def test_bench_warmup_weighs_only_the_first_key_digit_of_passkey_rows():

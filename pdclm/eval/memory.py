@@ -305,17 +305,23 @@ def lsm_latency(
     return rows
 
 
-def given_pse(cfg: Config, out_dir: Path) -> None:
-    """Use the trained PSE of ``bench.memory_pse`` (a model folder) instead of training one:
-    its entropy model, and its patch rule and threshold unless ``pse.patcher.threshold`` is
-    set (then ``pse.patcher`` as given). Updates ``cfg.pse`` to match; the corpus is ingested
-    as usual (text rows, held-out long documents)."""
+def bench_pse(cfg: Config, out_dir: Path, progress: bool = True) -> None:
+    """Save to ``out_dir/pse`` the PSE every variant reads with, and set ``cfg.pse`` to match:
+    one trained from the preset, or the trained one of ``bench.memory_pse`` (a model folder):
+    its entropy model, and its patch rule and threshold unless ``pse.patcher.threshold`` is set
+    (then ``pse.patcher`` as given). Either way the corpus is ingested (text rows, held-out
+    long documents)."""
     from pdclm.model.io import load_model, save_model
     from pdclm.model.pdclm import PDCLM
-    from pdclm.train.pretrain import prepare_shared
+    from pdclm.pipeline import RunContext
+    from pdclm.train.pretrain import prepare_pse, prepare_shared
 
-    prepare_shared(cfg, progress=True)
-    given, pcfg = load_model(cfg.bench.memory_pse)
+    if not cfg.bench.memory_pse:
+        pse = prepare_pse(RunContext(cfg, out_dir, progress=progress))
+        save_model(pse.model, cfg, out_dir / "pse")
+        return
+    given, pcfg = load_model(cfg.bench.memory_pse)  # a bad path fails before the ingest
+    prepare_shared(cfg, progress=progress)
     cfg.pse.entropy = pcfg.pse.entropy
     if cfg.pse.patcher.threshold <= 0:
         cfg.pse.patcher = pcfg.pse.patcher
@@ -330,18 +336,10 @@ def given_pse(cfg: Config, out_dir: Path) -> None:
 
 
 def bench_memory(cfg: Config, out: Path | None = None) -> dict[str, Any]:
-    from pdclm.model.io import save_model
-    from pdclm.pipeline import RunContext
-    from pdclm.train.pretrain import prepare_pse
-
     out_dir = out or Path("runs") / f"bench-memory-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if cfg.bench.memory_pse:
-        given_pse(cfg, out_dir)
-    else:
-        pse = prepare_pse(RunContext(cfg, out_dir))
-        save_model(pse.model, cfg, out_dir / "pse")
+    bench_pse(cfg, out_dir)
     pse_seconds = time.perf_counter() - t0
     rows: dict[str, Any] = {}
     for name, overrides in VARIANTS.items():
