@@ -37,7 +37,7 @@ def main(out: Path, variants: list[str], overrides: list[str]) -> None:
     for name in variants:
         queue = mp.get_context("spawn").Queue()
         t0 = time.time()
-        _run_variant(name, variant_config(cfg, VARIANTS[name]), str(out), queue)
+        _run_variant(name, variant_config(cfg, VARIANTS[name]), str(out), 0, queue)
         result = queue.get()
         result.pop("router")
         print(name, json.dumps(result), f"{time.time() - t0:.0f}s", flush=True)

@@ -11,7 +11,7 @@ import torch
 
 from pdclm.cli import main
 from pdclm.config import ConfigError, load_preset, validate
-from pdclm.eval.memory import VARIANTS, bench_pse, task_batch
+from pdclm.eval.memory import EQUAL_FLOPS, VARIANTS, bench_pse, task_batch
 from pdclm.memory.store import LongTermStore
 from pdclm.memory.stream import MemoryStream
 from pdclm.memory.tasks import greedy_correct, greedy_hits, passkey
@@ -105,11 +105,43 @@ def test_future_symbols_never_change_past_outputs(train):
     b = a.clone()
     b[:, 90:] = letters(70, seed=4)  # a different future from symbol 90 on
     b[:, 95] = ord(".")  # including phase ends the past never saw
-    with torch.no_grad():
-        la, lb = model(a), model(b)
+    # in training most rows start from the slots a previous forward left: the same for both
+    carried = torch.randn(a.shape[0], model.memory.cfg.slots, model.memory.dim)
+    outs = []
+    for x in (a, b):
+        torch.manual_seed(0)  # the same rows carried
+        model.memory.carried_slots = carried
+        with torch.no_grad():
+            outs.append(model(x))
+    la, lb = outs
     # logits j predict symbol j+1 from symbols <= j: identical up to j = 89
     assert torch.allclose(la[:, :90], lb[:, :90], atol=1e-6)
     assert not torch.allclose(la[:, 90:], lb[:, 90:], atol=1e-3)
+
+
+def test_training_rows_carry_their_slots_to_the_next_sequence():
+    """``slot_carry``: a training forward leaves its final MSM slots; with carry 1 the next one
+    starts every row from them (the slots it ends with follow from where it started), with
+    carry 0 from the fresh slots; evaluation always starts fresh."""
+    model, _ = memory_model(32, slot_carry=1.0)
+    a, b = letters(96, seed=1), letters(96, seed=2)
+    with torch.no_grad():
+        fresh = model(b)  # eval: no carry kept
+        assert model.memory.carried_slots is None
+        model.train()
+        model(a)
+        after_a = model.memory.carried_slots
+        assert after_a is not None and after_a.shape == (2, model.memory.cfg.slots, 64)
+        carried = model(b)
+        model.memory.carried_slots, model.memory.cfg.slot_carry = after_a, 0.0
+        restarted = model(b)
+        model.eval()
+        model.memory.carried_slots = after_a
+        assert torch.equal(model(b), fresh)
+    assert not torch.allclose(carried, restarted, atol=1e-4)  # carry 1: a's slots read on
+    model.train()
+    with torch.no_grad():
+        assert torch.allclose(model(b), restarted, atol=1e-6)  # carry 0: fresh, as in eval
 
 
 def test_memory_saves_and_loads_exactly(tmp_path):
@@ -323,14 +355,18 @@ def test_bench_memory_runs_end_to_end_on_tiny(tmp_path):
     assert main(argv) == 0
     result = json.loads((out / "bench_memory.json").read_text())
     assert (out / "bench_memory.png").exists() and result["finished"]
-    assert set(result["variants"]) == set(VARIANTS)
+    assert set(result["variants"]) == set(VARIANTS) | {EQUAL_FLOPS}
+    full, flops = result["variants"]["full"], result["variants"][EQUAL_FLOPS]
+    # the equal-FLOPs baseline spends the full HMR's training FLOPs, to within one step
+    spent = flops["steps"] * flops["flops_per_step"]
+    assert abs(spent - full["steps"] * full["flops_per_step"]) <= flops["flops_per_step"]
     for row in result["variants"].values():
         assert set(row["passkey"]) == {"1", "4", "16", "64"} and row["long_bpb"] > 0
         assert set(row["passkey_digit"]) == set(row["passkey"])
         # a whole key right means its every digit right
         assert all(row["passkey_digit"][m] >= row["passkey"][m] for m in row["passkey"])
     assert [r["entries"] for r in result["lsm_latency"]] == [500, 1000]
-    assert len(result["goals"]) == 3
+    assert len(result["goals"]) == 4
 
 
 @pytest.mark.parametrize("digits", [1, 5])
@@ -401,6 +437,16 @@ def test_bench_warmup_weighs_only_the_first_key_digit_of_passkey_rows():
     heavy = (weights_after == cfg.bench.memory_key_weight).nonzero().tolist()
     assert sorted(heavy) == [[r, n - 7 + d] for r in key_rows for d in range(5)]
     assert bool((weights_after[weights_after != cfg.bench.memory_key_weight] == 1).all())
+    # with a ramp every target but the first key digit rises linearly to its full weight
+    kw = cfg.bench.memory_key_weight
+    for step, rise in ((3, 0.25), (4, 0.5), (6, 1.0), (9, 1.0)):
+        tokens_s, ramped = task_batch(step, cfg, Text(), warmup=3, ramp=4)
+        _, full = task_batch(step, cfg, Text(), warmup=3)
+        rows = [r for r in range(16) if b"pass key" in bytes(tokens_s[r].clamp(max=255).tolist())]
+        first = torch.zeros_like(full, dtype=torch.bool)
+        first[rows, n - 7] = True
+        assert bool((ramped[first] == kw).all()) and bool((full[first] == kw).all())
+        assert torch.allclose(ramped[~first], rise * full[~first])
 
 
 def test_a_tiny_run_learns_passkey_retrieval_beyond_its_window():

@@ -127,6 +127,8 @@ class MemoryRouter(nn.Module):
         self.read_log_temp = nn.Parameter(torch.tensor(math.log(10.0)))
         self.lsm_kv = nn.Linear(dim, 2 * dim, bias=False)
         self.lsm_out = nn.Linear(dim, dim, bias=False)
+        self.carried_slots: Tensor | None = None
+        """MSM slots the last training forward left, per row (``memory.slot_carry``)."""
 
     def reset_parameters(self) -> None:
         """Run after the model's generic init: reads start silent, the gate favours the SSM,
@@ -159,14 +161,25 @@ class MemoryRouter(nn.Module):
         return share * (1 - floor * on.sum()) + floor * on
 
     # ------------------------------------------------------------------------------ MSM
-    def msm_update(self, slots: Tensor, u: Tensor) -> Tensor:
-        """Gated write of phase summaries ``u`` (B, D) into ``slots`` (B, M, D)."""
+    def msm_writes(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """What phase summaries ``u`` (B, F, D) write into the slots: a query over the slots,
+        a candidate, and the summary's part of the write-gate logit, for all phases at once
+        (the update's loop over phases is then over the slots alone)."""
+        w_u = self.msm_gate.weight[:, self.dim :]
+        gate_u = F.linear(u, w_u, self.msm_gate.bias)[..., 0]
+        return self.msm_write_q(u), torch.tanh(self.msm_cand(u)), gate_u
+
+    def msm_update(
+        self, slots: Tensor, query: Tensor, cand: Tensor, gate_u: Tensor, ended: Tensor
+    ) -> Tensor:
+        """Gated write of one phase (``query``/``cand`` (B, D), ``gate_u`` (B,) from
+        :meth:`msm_writes`) into ``slots`` (B, M, D), in the rows where it ``ended`` (B,)."""
         s = self.slot_norm(slots)
-        att = torch.einsum("bmd,bd->bm", s, self.msm_write_q(u)) / math.sqrt(self.dim)
-        att = att.softmax(-1)
-        gate = torch.sigmoid(self.msm_gate(torch.cat([s, u[:, None].expand_as(s)], -1)))[..., 0]
-        z = (att * gate)[..., None]
-        return slots + z * (torch.tanh(self.msm_cand(u))[:, None] - slots)
+        att = (torch.einsum("bmd,bd->bm", s, query) / math.sqrt(self.dim)).softmax(-1)
+        w_s = self.msm_gate.weight[:, : self.dim]
+        gate = torch.sigmoid(F.linear(s, w_s)[..., 0] + gate_u[:, None])
+        z = (att * gate * ended[:, None].to(att.dtype))[..., None]
+        return slots + z * (cand[:, None] - slots)
 
     def attend(self, x: Tensor, mem: Tensor, phid: Tensor) -> Tensor:
         """MSM read: multi-head attention of patches ``x`` (B, P, D) over the slots their
@@ -192,26 +205,31 @@ class MemoryRouter(nn.Module):
         k = F.normalize(k.view(*k.shape[:-1], H, D // H), dim=-1)
         return k.flatten(-2) / math.sqrt(H)
 
-    def recall(self, q: Tensor, keys: Tensor, succ: Tensor, bias: Tensor) -> Tensor:
+    def row_value(self, states: Tensor) -> Tensor:
+        """LSM values (..., D) of patch states: what a recalled row hands the patch reading it.
+        Made once per patch as it is read and stored with it, so a read gathers values instead
+        of projecting each of its k recalled rows again (k times fewer FLOPs)."""
+        return F.linear(self.norm(states), self.lsm_kv.weight[self.dim :])
+
+    def recall(self, q: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> Tensor:
         """LSM read: patches with queries ``q`` (B, P, D, from :meth:`row_key`) attend over
         their k recalled rows, row i keyed by ``keys[..., i, :]`` (B, P, k, D, :meth:`row_key`
-        of the stored patch) and holding the patch state that followed it, ``succ``
-        (B, P, k, D); ``bias`` (B, P, k) is added to the scores (``-inf`` hides).
-
+        of the stored patch) and holding :meth:`row_value` of the patch state that followed
+        it, ``values`` (B, P, k, D); ``bias`` (B, P, k) is added to the scores (``-inf`` hides).
         A patch that matches a recalled patch reads what came after it there: the patch-level
         form of a nearest-neighbour LM's (context -> next token) memory (Khandelwal et al.,
         2020), so copying past the window is one lookup. As in a kNN-LM the match is a
         similarity: queries and keys share one projection and are scored by cosine at a
         learned temperature, so from the first step a patch attends to the stored patches most
         like it (with separate random query and key projections nothing matched, and no
-        variant left chance in 1,300-3,200 passkey steps). The caller makes the keys from the
-        stored states with the current weights, so stored keys get gradient within a training
-        sequence."""
+        variant left chance in 1,300-3,200 passkey steps). Stored keys and values are those
+        made from the stored states when they were read, with gradient within a training
+        sequence (a fresh state per sequence: the same weights)."""
         B, P, D = q.shape
         H, hd = self.heads, D // self.heads
         q = q.view(B, P, H, hd)
         k = keys.view(*keys.shape[:3], H, hd)
-        v = F.linear(self.norm(succ), self.lsm_kv.weight[D:]).view(*succ.shape[:3], H, hd)
+        v = values.view(*values.shape[:3], H, hd)
         score = torch.einsum("bphd,bpshd->bhps", q, k).float() * (H * self.read_log_temp.exp())
         score = score + bias[:, None]
         att = F.pad(score, (1, 0), value=0.0).softmax(-1)[..., 1:]  # the "nothing" row
@@ -257,6 +275,14 @@ def windowed_block(block, x, rope, pk, pv, pvalid, window: int, n_real: Tensor):
 
 
 # ---------------------------------------------------------------------------------- HMR read
+def pool_rows(pool: Tensor, at: Tensor) -> Tensor:
+    """Rows ``pool[b, at[b, ...]]`` (B, ..., C) of ``pool`` (B, N, C): one index_select over the
+    flattened batch (its backward is one index_add, cheaper than advanced indexing's)."""
+    B, N, C = pool.shape
+    flat = (at + N * torch.arange(B, device=at.device).view(B, *[1] * (at.dim() - 1))).flatten()
+    return pool.reshape(B * N, C).index_select(0, flat).view(*at.shape, C)
+
+
 def read_memory(
     mem: MemoryRouter,
     x: Tensor,
@@ -295,9 +321,10 @@ def read_memory(
 
     if cfg.msm:
         slots = [state.slots.to(x.dtype)]
+        query, cand, gate_u = mem.msm_writes(u)
         for f in range(n_ph):  # the write of phase f is seen by phases after f
-            new = mem.msm_update(slots[-1], u[:, f])
-            slots.append(torch.where(ended[:, f, None, None], new, slots[-1]))
+            w = query[:, f], cand[:, f], gate_u[:, f], ended[:, f]
+            slots.append(mem.msm_update(slots[-1], *w))
         hist = torch.stack(slots[:-1], 1)  # (B, F, M, D): what phase f reads
         r = mem.attend(x, hist, phid)
         out = out + g[..., 1:2] * r
@@ -307,6 +334,7 @@ def read_memory(
         L = cfg.max_phase
         wlog = F.logsigmoid(mem.write(u)[..., 0].float())  # (B, F)
         q = mem.row_key(x)  # (B, P, D): every patch's query, and its key as a row
+        v = mem.row_value(x)  # (B, P, D): every patch's value as a row's successor
         # this segment's phases as store entries (B, F, L, ...) by slot in phase; padding
         # patches scatter into one spare slot past the end, dropped after
         slot_in_phase = (pidx - torch.where(start, pidx, 0).cummax(1).values).clamp(max=L - 1)
@@ -317,7 +345,7 @@ def read_memory(
             out = t.new_zeros(B, n_ph * L + 1, C).scatter(1, flat[..., None].expand(-1, -1, C), t)
             return out[:, :-1].view(B, n_ph, L, C)
 
-        vals, keys, vmask = by_phase(x), by_phase(q), by_phase(real[..., None])[..., 0]
+        vals, keys, vmask = by_phase(v), by_phase(q), by_phase(real[..., None])[..., 0]
         kmask = vmask & F.pad(vmask[..., 1:], (0, 1), value=False)  # rows with a successor
         # patch j as a row: keyed by itself, holding patch j + 1 of its phase; readable by
         # the patches of later phases once its phase has ended (in-window recall)
@@ -335,25 +363,25 @@ def read_memory(
         top_s, top_i = torch.cat([s_st, s_in], -1).topk(k, dim=-1)  # (B, P, k)
         n_st = s_st.shape[-1]
         from_store = top_i < n_st
-        bi = torch.arange(B, device=dev)[:, None, None]
-        if n_st:  # the chosen store rows: key (fresh, from the state), successor, write logit
-            st = state.lsm
+        # every candidate row in one pool per field, the store's rows first, so the recalled
+        # rows are one gather each (not a gather from each source and a select between them)
+        st = state.lsm
+        S = len(st) * st.rows if n_st else 0
+        pool_key, pool_val, pool_logw = q, v, wlog.gather(1, phid)
+        if S:
+            pool_key = torch.cat([st.keys.flatten(1, 2).to(x.dtype), q], 1)
+            pool_val = torch.cat([st.values.flatten(1, 2).to(x.dtype), v], 1)
+            st_logw = st.logw[..., None].expand(-1, -1, st.rows).flatten(1)
+            pool_logw = torch.cat([st_logw.to(wlog.dtype), pool_logw], 1)
             sp = pos_st.gather(2, top_i.clamp(max=n_st - 1))  # flat (entry * L + row)
-            st_vals = st.values.flatten(1, 2).to(x.dtype)
-            st_succ = st_vals[bi, (sp + 1).clamp(max=st_vals.shape[1] - 1)]
-            st_key = mem.row_key(st_vals[bi, sp])
-            st_logw = st.logw[bi, sp // st.rows]
-        else:
-            sp = top_i
-            st_key = st_succ = x.new_zeros(B, P, k, D)
-            st_logw = wlog.new_zeros(B, P, k)
         ip = (top_i - n_st).clamp(min=0, max=P - 1)
-        in_key, in_succ = q[bi, ip], x[bi, (ip + 1).clamp(max=P - 1)]
-        in_logw = wlog[bi, phid[bi, ip]]
-        fs = from_store[..., None]
-        r_key = torch.where(fs, st_key, in_key)
-        r_succ = torch.where(fs, st_succ, in_succ)
-        r_logw = torch.where(from_store, st_logw, in_logw)
+        at_key = S + ip  # row j's successor: row j + 1 of the same pool (kmask/succ_ok)
+        at_succ = S + (ip + 1).clamp(max=P - 1)
+        if S:
+            at_key = torch.where(from_store, sp, at_key)
+            at_succ = torch.where(from_store, (sp + 1).clamp(max=S - 1), at_succ)
+        r_key, r_succ = pool_rows(pool_key, at_key), pool_rows(pool_val, at_succ)
+        r_logw = pool_logw.gather(1, at_key.flatten(1)).view_as(at_key)
         # the write logit gets the gradient of a bias on its phase's rows but adds nothing
         # (value 0): it learns whether recalling the phase more would help, and cannot shut
         # the store (a real log-probability bias fell to write rate 0.00 within 250 steps)
@@ -362,7 +390,7 @@ def read_memory(
         out = out + g[..., 2:3] * r
         # every finished phase is stored; the write decision only orders eviction
         writes.update(keys=keys, kmask=kmask, vals=vals, vmask=vmask, wlog=wlog, ended=ended)
-        if commit and n_st and not mem.training:
+        if commit and S and not mem.training:
             state.lsm.touch(sp, from_store & torch.isfinite(top_s), state.pos)
         ew = ended.float()
         stats["write_rate"] = (decided_written(wlog).float() * ew).sum() / ew.sum().clamp(min=1)

@@ -1,11 +1,11 @@
-"""The long-term memory (LSM) store: one entry per semantic phase, holding that phase's patch
-states as values and one unit-norm key per patch (row), searched top-k over rows by inner
-product.
+"""The long-term memory (LSM) store: one entry per semantic phase, holding one unit-norm key
+and one value per patch (row) of the phase, made by the reader from the patch's state, and
+searched top-k over rows by inner product.
 
 Rows of a batch are independent streams, each with its own entries; entries are kept as padded
 tensors ``(B, N, ...)`` with a validity mask, so a training sequence keeps them differentiable
-(the reader recomputes the chosen rows' scores from the stored states, so stored keys get
-gradient; without that the key space does not learn). Search is exact torch matmul while a
+(the chosen rows' scores are recomputed from the stored keys, so stored keys get gradient;
+without that the key space does not learn). Search is exact torch matmul while a
 stream holds at most ``faiss_threshold`` entries; above it (never in training: faiss gives no
 gradient) each stream searches its own faiss index over its rows: an inverted-file index over
 inner products (``IndexIVFFlat``, approximate, ``nprobe`` lists per query) which supports
@@ -40,7 +40,7 @@ class LongTermStore:
         self.faiss_threshold, self.nprobe = faiss_threshold, nprobe
         self.keys: Tensor | None = None  # (B, N, R, K) one unit-norm key per row
         self.kmask: Tensor | None = None  # (B, N, R) which rows can be found
-        self.values: Tensor | None = None  # (B, N, L, D) patch states of the phase
+        self.values: Tensor | None = None  # (B, N, L, D) the phase's patches' LSM values
         self.vmask: Tensor | None = None  # (B, N, L) which value slots are real patches
         self.logw: Tensor | None = None  # (B, N) log write probability (a retrieval bias)
         self.valid: Tensor | None = None  # (B, N) bool
@@ -167,12 +167,10 @@ class LongTermStore:
         ok_rows = self.findable()
         use_faiss = not torch.is_grad_enabled() or not self.keys.requires_grad
         use_faiss = use_faiss and int(self.counts().max()) > self.faiss_threshold
-        if use_faiss:
-            pos = torch.stack([self._faiss_search(b, queries[b], k) for b in range(B)])
-        else:
+        if not use_faiss:
             s = torch.einsum("bqk,bnk->bqn", queries, flat)
-            s = s.masked_fill(~ok_rows[:, None, :], float("-inf"))
-            pos = s.topk(k, dim=-1).indices
+            return s.masked_fill(~ok_rows[:, None, :], float("-inf")).topk(k, dim=-1)
+        pos = torch.stack([self._faiss_search(b, queries[b], k) for b in range(B)])
         keys = flat.gather(1, pos.reshape(B, Q * k, 1).expand(-1, -1, flat.shape[-1]))
         scores = (queries[:, :, None, :] * keys.view(B, Q, k, -1)).sum(-1)
         ok = ok_rows.gather(1, pos.reshape(B, -1)).view(B, Q, k)

@@ -130,12 +130,20 @@ def segment_forward(
 
 def stream_features(model, tokens: Tensor, entropy: Tensor | None = None) -> Tensor:
     """The training/evaluation forward of a memory-enabled model: ``tokens`` (B, N) read in
-    segments from a fresh state (gradient flows through all of them); states (B, N-1, d)."""
+    segments from a fresh state (gradient flows through all of them); states (B, N-1, d).
+    In training, ``slot_carry`` of the rows start from the MSM slots the previous call left."""
     if entropy is None:
         entropy = model.entropy.profile(tokens)
+    mem = model.memory
     state = new_state(model, tokens.shape[0], tokens.device)
+    carried = mem.carried_slots
+    if mem.training and carried is not None and carried.shape == state.slots.shape:
+        keep = torch.rand(state.batch, device=tokens.device) < mem.cfg.slot_carry
+        state.slots = torch.where(keep[:, None, None], carried.to(state.slots.dtype), state.slots)
     feats, stats = read_stream(model, tokens, entropy, state)
-    model.memory.last_stats = stats
+    if mem.training and mem.cfg.msm and mem.cfg.slot_carry > 0:
+        mem.carried_slots = state.slots.detach()  # slots seeing many writes, as in a long read
+    mem.last_stats = stats
     return feats
 
 
