@@ -332,7 +332,9 @@ def read_memory(
 
     if cfg.lsm:
         L = cfg.max_phase
-        wlog = F.logsigmoid(mem.write(u)[..., 0].float())  # (B, F)
+        # the write decision reads the phase but does not shape its states: through the
+        # states, its bias gradient (below) was ~35x the LM's gradient on text rows
+        wlog = F.logsigmoid(mem.write(u.detach())[..., 0].float())  # (B, F)
         q = mem.row_key(x)  # (B, P, D): every patch's query, and its key as a row
         v = mem.row_value(x)  # (B, P, D): every patch's value as a row's successor
         # this segment's phases as store entries (B, F, L, ...) by slot in phase; padding
