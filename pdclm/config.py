@@ -259,7 +259,8 @@ class BenchConfig:
     within 50 steps (first-digit loss 0.002, then no whole key at any length)."""
     memory_ramp: float = 0.25
     """``pdclm bench memory``: share of the steps after the warm-up over which every target
-    but the key digits rises from weight 0 to 1. Switched on at once (the loss 0.003 -> 3.9
+    but the first key digit rises linearly from weight 0 to its full weight (the other key
+    digits ``memory_key_weight``, the rest 1). Switched on at once (the loss 0.003 -> 3.9
     in one step), the first key digit the warm-up had learnt fell to chance (0.09 at 1x) while
     the later digits, which follow from the one before, were still learnt (0.88-1.00)."""
     memory_trials: int = 32

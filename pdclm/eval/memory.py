@@ -60,9 +60,9 @@ KIND_SHARES = (0.4, 0.3, 0.3)
 """Training rows: passkey, associative recall, corpus text."""
 RECALL_PAIRS = 8
 PROBE_STEPS = 20
+"""Steps timed to size a variant's schedule to the wall-clock budget."""
 EQUAL_FLOPS = "none_equal_flops"
 """No memory, trained for the full HMR's training FLOPs (the others: for its seconds)."""
-"""Steps timed to size a variant's schedule to the wall-clock budget."""
 
 
 def variant_config(cfg: Config, overrides: dict[str, Any]) -> Config:
@@ -357,6 +357,11 @@ def bench_pse(cfg: Config, out_dir: Path, progress: bool = True) -> None:
     save_model(model, cfg, out_dir / "pse")
 
 
+def train_flops(r: dict[str, Any]) -> float:
+    """Training FLOPs a variant's row spent."""
+    return r["steps"] * r["flops_per_step"]
+
+
 def report(r: dict[str, Any]) -> None:
     print(
         f"{r['variant']:>10}: {r['steps']} steps, passkey {r['passkey']}, recall {r['recall']}, "
@@ -380,7 +385,7 @@ def bench_memory(cfg: Config, out: Path | None = None) -> dict[str, Any]:
     # the full HMR spent (on a CPU the memory's gathers and small matmuls cost more time per
     # FLOP than the transformer's, so equal seconds give the plain model more FLOPs)
     full, none = rows["full"], rows["none"]
-    steps = max(1, round(full["steps"] * full["flops_per_step"] / none["flops_per_step"]))
+    steps = max(1, round(train_flops(full) / none["flops_per_step"]))
     vcfg = variant_config(cfg, VARIANTS["none"])
     rows[EQUAL_FLOPS] = run_spawned(
         EQUAL_FLOPS, _run_variant, EQUAL_FLOPS, vcfg, str(out_dir), steps
@@ -404,9 +409,7 @@ def bench_memory(cfg: Config, out: Path | None = None) -> dict[str, Any]:
             "ratios": {
                 "long_bpb_full_over_none": full["long_bpb"] / none["long_bpb"],
                 "long_bpb_full_over_none_equal_flops": full["long_bpb"] / flops["long_bpb"],
-                "train_flops_full_over_none": full["steps"]
-                * full["flops_per_step"]
-                / (none["steps"] * none["flops_per_step"]),
+                "train_flops_full_over_none": train_flops(full) / train_flops(none),
                 "train_bytes_per_s_full_over_none": full["train_bytes_per_s"]
                 / none["train_bytes_per_s"],
                 "peak_rss_full_over_none": full["peak_rss_mb"] / none["peak_rss_mb"],
