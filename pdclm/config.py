@@ -613,6 +613,7 @@ def validate(cfg: Config) -> None:
         need(-1 <= mem.layer < lat.layers, "model.memory.layer must be in [-1, latent.layers)")
         need(mem.router_lr_scale > 0, "model.memory.router_lr_scale must be > 0")
         need(0 <= mem.gate_floor < 1 / 3, "model.memory.gate_floor must be in [0, 1/3)")
+        need(0 <= mem.slot_carry <= 1, "model.memory.slot_carry must be in [0, 1]")
         need(
             cfg.train.seq_len % mem.segment == 0,
             "train.seq_len must be a multiple of model.memory.segment (training runs whole "
@@ -674,6 +675,10 @@ def validate(cfg: Config) -> None:
     for name in ("gen_bytes", "gen_prompts", "prompt_bytes", "noise_batches", "noise_task_items"):
         need(getattr(b, name) >= 1, f"bench.{name} must be >= 1")
     need(all(0 < r < 1 for r in b.noise_rates), "bench.noise_rates must be in (0, 1)")
+    need(
+        b.memory_warmup >= 0 and b.memory_ramp >= 0 and b.memory_warmup + b.memory_ramp < 1,
+        "bench.memory_warmup and bench.memory_ramp must be >= 0 and sum to less than 1",
+    )
     rf = rl.reflection
     need(
         1 <= rf.latent_layers <= lat.layers,

@@ -66,6 +66,26 @@ def test_config_checks_segment_against_seq_len():
         validate(cfg)
 
 
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("model.memory.slot_carry", 1.5, "slot_carry must be in"),
+        ("bench.memory_ramp", -0.1, "memory_ramp must be >= 0"),
+        ("bench.memory_ramp", 0.8, "sum to less than 1"),
+    ],
+)
+def test_config_rejects_out_of_range_carry_and_ramp(key, value, message):
+    cfg = load_preset("tiny")
+    cfg.model.memory.enabled = True
+    section, name = key.rsplit(".", 1)
+    obj = cfg
+    for part in section.split("."):
+        obj = getattr(obj, part)
+    setattr(obj, name, value)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+
+
 @pytest.mark.parametrize("tiers", [{}, {"msm": False}, {"lsm": False}, {"router": "equal"}])
 def test_segments_equal_one_pass_when_the_window_covers_all(tiers):
     one, _ = memory_model(256, **tiers)
