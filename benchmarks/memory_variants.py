@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from pdclm.bench.memory import VARIANTS, _run_variant, bench_pse, variant_config
 from pdclm.config import from_dict, load_preset, resolve
-from pdclm.eval.memory import VARIANTS, _run_variant, bench_pse, variant_config
 
 
 def main(out: Path, variants: list[str], overrides: list[str]) -> None:

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pdclm.bench.baselines import TokenTransformer
 from pdclm.config import load_preset
-from pdclm.eval.baselines import TokenTransformer
 from pdclm.memory.tasks import greedy_hits, passkey
 from pdclm.model.io import load_model
 from pdclm.model.pdclm import PDCLM

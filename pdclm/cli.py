@@ -43,8 +43,8 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
+from pdclm import dist
 from pdclm.config import Config, ConfigError, load_preset, resolve, validate
-from pdclm.train import parallel
 
 DEFAULT_PRESET = "cpu"
 
@@ -257,7 +257,7 @@ def cmd_run(args: RunCmd, only: list[str] | None = None) -> dict:
     from pdclm.eval.report import print_summary
     from pdclm.pipeline import new_run_dir, run_phases
 
-    run_dir = Path(args.resume) if args.resume else parallel.broadcast(new_run_dir(args.out))
+    run_dir = Path(args.resume) if args.resume else dist.broadcast(new_run_dir(args.out))
     if args.resume and not run_dir.is_dir():
         raise FileNotFoundError(f"--resume: no such run folder {run_dir}")
     report = run_phases(
@@ -362,7 +362,7 @@ def open_memory(model, folder: str | None):
         return None
     if model.memory is None:
         raise ConfigError("--memory needs a model trained with --model.memory.enabled")
-    from pdclm.memory.stream import MemoryStream
+    from pdclm.model.segments import MemoryStream
 
     path = Path(folder)
     return (
@@ -475,8 +475,8 @@ def cmd_selfplay(args: SelfplayCmd) -> dict:
     from pdclm.data.generators import GENERATORS
     from pdclm.data.tasks import make_source, training_items
     from pdclm.eval.tasks import eval_budget, generation_context, held_out_sets
+    from pdclm.io import write_jsonl_atomic
     from pdclm.model.io import find_model_dir, load_model
-    from pdclm.train.checkpoint import write_jsonl_atomic
 
     cfg = args.config
     folder = find_model_dir(args.ckpt)
@@ -545,7 +545,7 @@ def cmd_eval(args: EvalCmd) -> dict:
             if stream is None:
                 logits = model(t)
             else:  # carry the memory on from batch to batch
-                from pdclm.memory.stream import read_stream
+                from pdclm.model.segments import read_stream
 
                 ent = model.entropy.profile(t)
                 logits = model.head(read_stream(model, t, ent, stream.state)[0])
@@ -560,7 +560,7 @@ def cmd_eval(args: EvalCmd) -> dict:
 
 
 def cmd_label(args: LabelCmd) -> dict:
-    from pdclm.cognition.labelling import label_command
+    from pdclm.eval.labelling import label_command
 
     return label_command(
         args.config,
@@ -575,7 +575,7 @@ def cmd_label(args: LabelCmd) -> dict:
 
 
 def cmd_export(args: ExportCmd) -> dict:
-    from pdclm.model.io import export_checkpoint
+    from pdclm.train.checkpoint import export_checkpoint
 
     if not args.ckpt:
         raise ConfigError("give a checkpoint folder")
@@ -587,10 +587,12 @@ def cmd_export(args: ExportCmd) -> dict:
 def cmd_bench(args: BenchCmd) -> dict:
     import time
 
-    from pdclm.eval.bench import bench_pretrain, bench_rewards, bench_scaling, publish
-    from pdclm.eval.bench_eval import bench_generate, bench_noise
-    from pdclm.eval.human import bench_human
-    from pdclm.eval.memory import bench_memory
+    from pdclm.bench.common import publish
+    from pdclm.bench.generate import bench_generate, bench_noise
+    from pdclm.bench.human import bench_human
+    from pdclm.bench.memory import bench_memory
+    from pdclm.bench.pretrain import bench_pretrain, bench_scaling
+    from pdclm.bench.rewards import bench_rewards
 
     out = Path(args.out) if args.out else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.which == "memory":
@@ -612,18 +614,18 @@ def cmd_bench(args: BenchCmd) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from pdclm.data.ingest import DataError
-    from pdclm.train.checkpoint import CheckpointError
+    from pdclm.io import CheckpointError
     from pdclm.train.loop import NonFiniteLossError
 
     try:
         name, args = parse(sys.argv[1:] if argv is None else argv)
         if name in DISTRIBUTED:
-            parallel.init(args.config.train)
-        elif parallel.launched_world() > 1:
+            dist.init(args.config.train)
+        elif dist.launched_world() > 1:
             raise ConfigError(
                 f"only {' and '.join(DISTRIBUTED)} run under torchrun; run {name} alone"
             )
-        if not parallel.is_main():
+        if not dist.is_main():
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (rank 0 alone prints)
         if name == "run":
             result = cmd_run(args)
@@ -647,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bench": cmd_bench,
                 "export": cmd_export,
             }[name](args)
-        if parallel.is_main():
+        if dist.is_main():
             write_json(args.json, result)
         return 0
     except (ConfigError, DataError, CheckpointError, NonFiniteLossError, FileNotFoundError) as e:
@@ -657,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         print("pdclm: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
         return 130
     finally:
-        parallel.shutdown()
+        dist.shutdown()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Unknown keys and bad values raise :class:`ConfigError` with a message naming the
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 import tomllib
@@ -17,6 +18,31 @@ from pathlib import Path
 from typing import Any
 
 PRESET_DIR = Path(__file__).parent / "presets"
+
+# Names the config is checked against. The registries they name live in higher layers (this
+# module imports nothing from the package); tests/test_config.py pins each tuple to its
+# registry, so a phase, task or bench model added there and not here fails a test.
+PHASES = ("pretrain", "cognitive", "reflective")
+"""``pipeline.phase_registry()``, in the order the phases run."""
+GYM_TASKS = (
+    "basic_arithmetic",
+    "chain_sum",
+    "spell_backward",
+    "letter_counting",
+    "word_sequence_reversal",
+    "count_bits",
+    "simple_equations",
+    "number_sorting",
+)
+"""``data.tasks.GYM_LEVELS``: the reasoning-gym tasks."""
+GENERATED_TASKS = ("arithmetic", "grid_path", "hanoi", "bank", "registers")
+"""``data.generators.GENERATORS``: the project's own generators."""
+BENCH_ARMS = ("pdclm", "pdclm_stride", "pdclm_whitespace", "byte", "bpe")
+"""The models ``pdclm bench pretrain`` can train (``bench.pretrain.build_arm``)."""
+SHARD_FORMAT = 2
+"""Version of the shard layout; bumping it invalidates every shard cache."""
+HUMAN_PREFIX = "human:"
+"""A ``data.sources`` entry with this prefix names human verifier examples, not text."""
 
 
 class ConfigError(ValueError):
@@ -277,24 +303,8 @@ class BenchConfig:
 class TasksConfig:
     """Verifiable reasoning tasks: which ones, how they are evaluated, the thinking budget."""
 
-    names: list[str] = field(
-        default_factory=lambda: [
-            "basic_arithmetic",
-            "chain_sum",
-            "spell_backward",
-            "letter_counting",
-            "word_sequence_reversal",
-            "count_bits",
-            "simple_equations",
-            "number_sorting",
-            "arithmetic",
-            "grid_path",
-            "hanoi",
-            "bank",
-            "registers",
-        ]
-    )
-    """reasoning-gym datasets and the project's own generators, by name."""
+    names: list[str] = field(default_factory=lambda: [*GYM_TASKS, *GENERATED_TASKS])
+    """reasoning-gym datasets and the project's own generators, by name (default: all)."""
     eval_items: int = 64
     """Held-out questions per task, at ``eval_level``."""
     eval_level: int = 1
@@ -544,8 +554,6 @@ def load_preset(name_or_path: str) -> Config:
 def resolve(cfg: Config) -> Config:
     """Fill values derived from others (the default shard folder); call after overrides."""
     if not cfg.data.dir:
-        from pdclm.data.ingest import fingerprint
-
         first = Path(cfg.data.sources[0]).stem if cfg.data.sources else "data"
         slug = "".join(c if c.isalnum() else "-" for c in first)[:24] or "stdin"
         cfg.data.dir = str(Path("data") / f"{slug}-{fingerprint(cfg.data)[:10]}")
@@ -557,6 +565,25 @@ def resolve(cfg: Config) -> Config:
         )
         cfg.train.bf16 = False
     return cfg
+
+
+def text_sources(sources: list[str]) -> list[str]:
+    """The sources that become byte shards (all but ``human:`` verifier examples)."""
+    return [s for s in sources if not s.startswith(HUMAN_PREFIX)]
+
+
+def fingerprint(cfg: DataConfig) -> str:
+    """Hash of the settings that decide the shards' content (not their location; human
+    verifier examples are re-read on every ``prepare`` and do not change it)."""
+    keys = {
+        "version": SHARD_FORMAT,
+        "sources": text_sources(cfg.sources),
+        "jsonl_field": cfg.jsonl_field,
+        "max_bytes": cfg.max_bytes,
+        "shard_bytes": cfg.shard_bytes,
+        "val_fraction": cfg.val_fraction,
+    }
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
 
 def bf16_is_fast(device: str) -> bool:
@@ -576,11 +603,8 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(msg)
 
-    from pdclm.pipeline import phase_registry
-
-    known = phase_registry()
     for p in cfg.phases:
-        need(p in known, f"phases: unknown phase '{p}' (known: {', '.join(known)})")
+        need(p in PHASES, f"phases: unknown phase '{p}' (known: {', '.join(PHASES)})")
     need(0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)")
     need(cfg.data.max_bytes >= 0, "data.max_bytes must be >= 0")
     need(cfg.data.shard_bytes >= 1024, "data.shard_bytes must be >= 1024")
@@ -632,11 +656,8 @@ def validate(cfg: Config) -> None:
     )
     for name in ("eval_every", "ckpt_every", "log_every", "eval_batches", "keep_ckpts"):
         need(getattr(t, name) >= 1, f"train.{name} must be >= 1")
-    from pdclm.data.generators import GENERATORS
-    from pdclm.data.tasks import GYM_LEVELS
-
     tk = cfg.tasks
-    known_tasks = [*GYM_LEVELS, *GENERATORS]
+    known_tasks = [*GYM_TASKS, *GENERATED_TASKS]
     for name in tk.names:
         need(name in known_tasks, f"tasks.names: unknown task '{name}' (known: {known_tasks})")
     for name in ("eval_items", "eval_level", "answer_bytes", "sweep_items", "batch"):
@@ -665,10 +686,8 @@ def validate(cfg: Config) -> None:
     weights += [rw.efficiency, rw.hallucination]
     need(all(w >= 0 for w in weights) and any(weights), "rl.rewards: weights >= 0, not all 0")
     b = cfg.bench
-    from pdclm.eval.bench import ARMS
-
     for m in b.models:
-        need(m in ARMS, f"bench.models: unknown model '{m}' (known: {', '.join(ARMS)})")
+        need(m in BENCH_ARMS, f"bench.models: unknown model '{m}' (known: {', '.join(BENCH_ARMS)})")
     need(b.seconds > 0 and b.scaling_seconds > 0, "bench.seconds, bench.scaling_seconds > 0")
     need(b.bpe_vocab >= 257, "bench.bpe_vocab must be >= 257 (256 bytes + a separator)")
     need(len(b.scaling_dims) >= 1 and all(d >= 8 for d in b.scaling_dims), "bench.scaling_dims")

@@ -1,8 +1,9 @@
 """``pdclm run``: the phases in order, in one run folder, then the report.
 
 A phase is an object with a ``name`` (what the config and CLI call it), a ``key`` (its section
-in ``report.json``, e.g. ``phase1``) and ``run(ctx) -> dict`` returning its results. Adding a
-phase means writing that object and adding it to :data:`PHASES`; nothing here changes.
+in ``report.json``, e.g. ``phase1``) and ``run(ctx) -> dict`` returning its results
+(:class:`~pdclm.train.phase.Phase`). Adding a phase means writing that object, adding it to
+:func:`phase_registry` and its name to ``config.PHASES``; nothing else here changes.
 A finished phase leaves ``phases/<name>.json``; resuming a run skips finished phases and the
 unfinished one resumes from its own checkpoints.
 """
@@ -11,40 +12,22 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from pdclm import dist
 from pdclm.config import Config, resolve, to_dict
-from pdclm.train import parallel
-from pdclm.train.checkpoint import write_json_atomic
+from pdclm.eval.report import write_report
+from pdclm.io import write_json_atomic
+from pdclm.train.cognitive import Cognitive
 from pdclm.train.loop import MetricsLog
-
-
-@dataclass
-class RunContext:
-    cfg: Config
-    run_dir: Path
-    resume: bool = False
-    progress: bool = True
-    log: MetricsLog | None = None
-    results: dict[str, Any] = field(default_factory=dict)
-    """Results of the phases finished so far, by phase key (later phases may read them)."""
-
-
-class Phase(Protocol):
-    name: str
-    key: str
-
-    def run(self, ctx: RunContext) -> dict[str, Any]: ...
+from pdclm.train.phase import RunContext
+from pdclm.train.pretrain import Pretrain
+from pdclm.train.reflective import Reflective
 
 
 def phase_registry() -> dict[str, type]:
     """Every phase ``pdclm run`` knows, by name, in the order they run."""
-    from pdclm.train.cognitive import Cognitive
-    from pdclm.train.pretrain import Pretrain
-    from pdclm.train.reflective import Reflective
-
     return {cls.name: cls for cls in (Pretrain, Cognitive, Reflective)}
 
 
@@ -60,8 +43,6 @@ def run_phases(
     only: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run the configured phases (or ``only`` those) and write the report. Returns report.json."""
-    from pdclm.eval.report import write_report
-
     resolve(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.json"
@@ -74,7 +55,7 @@ def run_phases(
                 f"{run_dir} was started with a different model config; resume it with the same "
                 "--preset and overrides (see its config.json)"
             )
-    main = parallel.is_main()  # under torchrun, rank 0 alone writes the run's files and logs
+    main = dist.is_main()  # under torchrun, rank 0 alone writes the run's files and logs
     if main:
         write_json_atomic(config_path, to_dict(cfg))
     log = MetricsLog(run_dir) if main else None
@@ -96,9 +77,9 @@ def run_phases(
             ctx.results[phase.key] = result
             if main:
                 write_json_atomic(marker, result)
-            parallel.barrier()
+            dist.barrier()
     finally:
         if log:
             log.close()
     report = write_report(run_dir, cfg, ctx.results, time.time() - started) if main else None
-    return parallel.broadcast(report)
+    return dist.broadcast(report)

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pdclm.eval import claims
-from pdclm.eval.baselines import (
+from pdclm.bench.baselines import (
     BPETokenizer,
     TokenTransformer,
     bpe_bpb,
@@ -20,6 +19,7 @@ from pdclm.eval.baselines import (
     matched_transformer,
     non_embedding_params,
 )
+from pdclm.eval import claims
 from pdclm.eval.noise import KINDS, MIXED, add_noise, noisy_symbols
 from pdclm.vocab import BOS, EOS
 

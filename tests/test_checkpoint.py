@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pdclm.io import CheckpointError
 from pdclm.train.checkpoint import (
-    CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,

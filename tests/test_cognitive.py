@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import pdclm.cognition.selfplay as selfplay
+from pdclm import config
 from pdclm.cognition.ccm import Budget, Solution
 from pdclm.config import load_preset
 from pdclm.data.episodes import Episode, format_episode, pack, weighted_symbols
@@ -171,6 +172,7 @@ def parity_run(corpus, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("parity")
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(GENERATORS, "parity", Parity())
+        mp.setattr(config, "GENERATED_TASKS", (*config.GENERATED_TASKS, "parity"))
         cfg = parity_config(corpus, tmp)
         run = tmp / "run"
         torch.manual_seed(0)
@@ -188,6 +190,7 @@ def test_a_tiny_phase2_run_lifts_a_task_above_its_constant_baseline(parity_run):
     assert len(rounds) == 2
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(GENERATORS, "parity", Parity())
+        mp.setattr(config, "GENERATED_TASKS", (*config.GENERATED_TASKS, "parity"))
         held = {it.question for it in held_out(make_source("parity"), 1, 40)}
     trained = {json.loads(line)["question"] for r in rounds for line in r.read_text().splitlines()}
     assert trained and not trained & held
@@ -198,6 +201,7 @@ def test_a_tiny_phase3_run_raises_the_correctness_reward(parity_run, corpus, mon
 
     tmp, phase2_run, _ = parity_run
     monkeypatch.setitem(GENERATORS, "parity", Parity())
+    monkeypatch.setattr(config, "GENERATED_TASKS", (*config.GENERATED_TASKS, "parity"))
     cfg = parity_config(corpus, tmp)
     cfg.rl.steps, cfg.rl.prompts, cfg.rl.group = 24, 8, 8
     cfg.rl.temperature, cfg.rl.lr, cfg.rl.kl = 1.5, 2e-3, 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pdclm import config
 from pdclm.cli import parse
 from pdclm.config import ConfigError, from_dict, load_preset
 
@@ -15,7 +16,7 @@ def test_presets_load_and_validate(name):
 
 
 def test_the_64_gpu_preset_splits_every_global_batch_over_64_ranks():
-    from pdclm.train.parallel import Part
+    from pdclm.dist import Part
 
     cfg = load_preset("gpu-64")
     assert cfg.train.parallel == "fsdp"
@@ -91,7 +92,6 @@ def test_launches_that_do_not_fit_the_parallel_mode_are_refused(monkeypatch, cap
 
 
 def test_bf16_is_turned_off_on_a_cpu_without_bf16_units(monkeypatch, capsys):
-    import pdclm.config as config
 
     cfg = load_preset("cpu")
     assert cfg.train.bf16
@@ -103,3 +103,17 @@ def test_bf16_is_turned_off_on_a_cpu_without_bf16_units(monkeypatch, capsys):
     monkeypatch.setattr(config, "bf16_is_fast", lambda device: True)
     config.resolve(cfg)
     assert cfg.train.bf16
+
+
+def test_the_names_config_validates_against_match_their_registries():
+    """config.py imports nothing from the package, so it keeps plain tuples of the names it
+    checks; each must equal the registry it stands for."""
+    from pdclm.bench.common import LABELS
+    from pdclm.data.generators import GENERATORS
+    from pdclm.data.tasks import GYM_LEVELS
+    from pdclm.pipeline import phase_registry
+
+    assert tuple(phase_registry()) == config.PHASES
+    assert tuple(GYM_LEVELS) == config.GYM_TASKS
+    assert tuple(GENERATORS) == config.GENERATED_TASKS
+    assert tuple(LABELS) == config.BENCH_ARMS

@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 from pdclm.cli import main
 from pdclm.config import to_dict
 from pdclm.eval.harness import PDCLMScorer
+from pdclm.io import write_json_atomic
 from pdclm.model.io import load_model, save_model
 from pdclm.model.pdclm import PDCLM
-from pdclm.train.checkpoint import save_checkpoint, write_json_atomic
+from pdclm.train.checkpoint import save_checkpoint
 from pdclm.vocab import BOS
 from tests.conftest import tiny_config
 

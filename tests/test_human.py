@@ -11,12 +11,10 @@ import torch
 import torch.nn.functional as F
 from test_reflective import _tiny_model
 
+from pdclm import io as pdclm_io
 from pdclm.cli import main
-from pdclm.cognition import labelling
 from pdclm.cognition.ccm import Solution
-from pdclm.cognition.labelling import Assessed, Candidate, assess, label, rank
 from pdclm.cognition.reflection import (
-    Judged,
     Reflector,
     Scores,
     calibrate,
@@ -26,12 +24,13 @@ from pdclm.cognition.reflection import (
     score_positions,
 )
 from pdclm.config import load_preset
-from pdclm.data.episodes import Episode, format_episode
+from pdclm.data.episodes import Episode, Judged, format_episode
 from pdclm.data.human import HumanExample, parse_lines, read_examples, split_by_question
 from pdclm.data.tasks import make_source, training_items
+from pdclm.eval import labelling
 from pdclm.eval.claims import CLAIMS
+from pdclm.eval.labelling import Assessed, Candidate, assess, label, rank
 from pdclm.eval.tasks import eval_budget
-from pdclm.train import checkpoint
 
 
 def _line(**over) -> str:
@@ -185,11 +184,11 @@ def test_an_interrupted_labelling_session_keeps_every_verdict_and_resumes(tmp_pa
     first = read_examples(path)
     assert [ex.verdict for ex in first] == [True, False] and first[1].reason == "no reason"
     # killed while writing the next verdict: the file keeps the earlier ones, whole
-    real = checkpoint.os.replace
-    monkeypatch.setattr(checkpoint.os, "replace", lambda *a: (_ for _ in ()).throw(SystemExit))
+    real = pdclm_io.os.replace
+    monkeypatch.setattr(pdclm_io.os, "replace", lambda *a: (_ for _ in ()).throw(SystemExit))
     with pytest.raises(SystemExit):
         label(pool, path, "alice", ask=lambda _: "r", say=lambda _: None)
-    monkeypatch.setattr(checkpoint.os, "replace", real)
+    monkeypatch.setattr(pdclm_io.os, "replace", real)
     assert [ex.key for ex in read_examples(path)] == [ex.key for ex in first]
     # resumed: the labelled ones are not offered again, and every verdict ends up there once
     shown: list[str] = []

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from pdclm.bench.memory import EQUAL_FLOPS, VARIANTS, bench_pse, task_batch
 from pdclm.cli import main
 from pdclm.config import ConfigError, load_preset, validate
-from pdclm.eval.memory import EQUAL_FLOPS, VARIANTS, bench_pse, task_batch
 from pdclm.memory.store import LongTermStore
-from pdclm.memory.stream import MemoryStream
 from pdclm.memory.tasks import greedy_correct, greedy_hits, passkey
 from pdclm.model.io import load_model, save_model
 from pdclm.model.pdclm import PDCLM
+from pdclm.model.segments import MemoryStream
 from pdclm.train.loop import make_optimizer
 from pdclm.vocab import VOCAB_SIZE
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from pdclm.bench.baselines import TokenTransformer, matched_transformer, non_embedding_params
 from pdclm.config import Config
-from pdclm.eval.baselines import TokenTransformer, matched_transformer, non_embedding_params
 from pdclm.model.pdclm import PDCLM, next_symbol_loss
 from pdclm.pse.entropy import EntropyModel, EntropyStream, profile_long
 from pdclm.vocab import BOS

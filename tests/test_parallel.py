@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from pdclm import dist
 from pdclm.config import ConfigError
-from pdclm.train import parallel
 from pdclm.train.checkpoint import (
     is_sharded,
     latest_checkpoint,
@@ -67,7 +67,7 @@ def _ranks(rank: int, tmp: str, port: int) -> None:
     )
     torch.set_num_threads(1)
     out = Path(tmp)
-    parallel.init(run_cfg("ddp", device="cpu"))
+    dist.init(run_cfg("ddp", device="cpu"))
     weights = {}
     for mode, recompute in (("ddp", True), ("fsdp", False)):
         model = fresh_model()
@@ -80,13 +80,13 @@ def _ranks(rank: int, tmp: str, port: int) -> None:
     if rank == 0:
         step = f"step_{CKPT:07d}"
         shutil.copytree(out / "fsdp" / "ckpt" / step, out / "resumed" / "ckpt" / step)
-    parallel.barrier()
+    dist.barrier()
     model = fresh_model()
     make_trainer(out / "resumed", model, run_cfg("fsdp")).fit()
     weights["fsdp_resumed"] = model.state_dict()
     if rank == 0:
         torch.save(weights, out / "weights.pt")
-    parallel.barrier()
+    dist.barrier()
 
     # both ranks die (no clean-up runs) once their shards are on disk, before the save ends
     from torch.distributed.checkpoint import FileSystemWriter
@@ -175,10 +175,10 @@ def test_bad_launches_fail_clearly(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match="torchrun"):
             make_trainer(tmp_path, fresh_model(), run_cfg(mode))
         with pytest.raises(ConfigError, match="torchrun"):
-            parallel.init(run_cfg(mode))
+            dist.init(run_cfg(mode))
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="train.parallel=none"):
-        parallel.init(run_cfg("none"))
+        dist.init(run_cfg("none"))
     with pytest.raises(ConfigError, match="divide"):
-        parallel.Part(0, 3).rows(GLOBAL_BATCH)
-    assert [parallel.Part(r, 2).rows(4) for r in (0, 1)] == [slice(0, 2), slice(2, 4)]
+        dist.Part(0, 3).rows(GLOBAL_BATCH)
+    assert [dist.Part(r, 2).rows(4) for r in (0, 1)] == [slice(0, 2), slice(2, 4)]

@@ -11,14 +11,7 @@ import pytest
 import torch
 
 from pdclm.cognition.ccm import Budget, Solution, check, solve
-from pdclm.cognition.reflection import (
-    Reflector,
-    corrupt_text,
-    gold_pair,
-    score,
-    score_positions,
-    train_reflector,
-)
+from pdclm.cognition.reflection import Reflector, corrupt_text, gold_pair, score, score_positions
 from pdclm.cognition.rewards import (
     CHANNELS,
     Rollout,
@@ -33,6 +26,7 @@ from pdclm.data.generators import GENERATORS
 from pdclm.data.tasks import UNANSWERABLE, Item, make_source, training_items, unanswerable, verify
 from pdclm.eval.robustness import perturb, template_words
 from pdclm.model.pdclm import PDCLM
+from pdclm.train.critic import train_reflector
 from pdclm.train.grpo import action_logprobs, clipped_objective, grpo_loss_fn, rollout_tensors
 from pdclm.vocab import END_THINK, EOS
 

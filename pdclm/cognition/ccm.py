@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from pdclm.data.episodes import prompt, split_steps, with_context
 from pdclm.data.generators import GENERATORS, Task
+from pdclm.dist import spread
 from pdclm.model.pdclm import PDCLM, sample_next
-from pdclm.train.parallel import spread
 from pdclm.vocab import ANSWER, END_THINK, EOS, NEWLINE
 
 

@@ -19,7 +19,6 @@ solve, score, resample from just before the first doubtful step, keep the best-s
 from __future__ import annotations
 
 import copy
-import dataclasses
 import random
 import re
 from collections.abc import Sequence
@@ -31,12 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pdclm.cognition.ccm import Budget, Solution, check, solve
-from pdclm.config import ReflectionConfig, TrainConfig
-from pdclm.data.episodes import Episode, format_episode
+from pdclm.config import ReflectionConfig
+from pdclm.data.episodes import Episode, Judged, format_episode
 from pdclm.data.tasks import Item, verify
+from pdclm.io import load_weights
 from pdclm.model.pdclm import PDCLM
-from pdclm.train.checkpoint import load_weights
-from pdclm.train.loop import Trainer
 from pdclm.vocab import END_THINK, EOS, NEWLINE, THINK
 
 IGNORE = -1.0
@@ -83,19 +81,6 @@ class Reflector(nn.Module):
 def _uncalibrated_if_missing(module: nn.Module, state: dict, prefix: str, *_: object) -> None:
     """Critics saved before calibration existed load as uncalibrated."""
     state.setdefault(prefix + "calibration", IDENTITY.clone())
-
-
-@dataclass(frozen=True)
-class Judged:
-    """An episode with its labels."""
-
-    episode: Episode
-    step_ok: tuple[bool | None, ...]
-    """Per step: right, wrong, or unknown (no label)."""
-    answer_ok: bool
-    """The whole episode is right: correct answer and no wrong step."""
-    weight: float = 1.0
-    """Loss weight of its labels (human verdicts weigh more than automatic ones)."""
 
 
 def score_positions(symbols: Sequence[int]) -> tuple[list[int], int]:
@@ -347,48 +332,3 @@ def load_reflector(policy: PDCLM, latent_layers: int, model_dir: Path) -> Reflec
     critic = Reflector(policy, latent_layers)
     load_weights(critic, path)
     return critic.eval()
-
-
-def train_reflector(
-    reflector: Reflector,
-    examples: Sequence[Judged],
-    cfg: ReflectionConfig,
-    out_dir: Path,
-    bf16: bool,
-    seed: int,
-    device: str = "auto",
-) -> dict:
-    """Fit the critic on ``examples`` in the shared training loop (no checkpoints: a run
-    saves each finished version instead)."""
-    tcfg = dataclasses.replace(
-        TrainConfig(),
-        steps=cfg.steps,
-        batch=cfg.batch,
-        lr=cfg.lr,
-        warmup=max(1, cfg.steps // 10),
-        weight_decay=0.0,
-        bf16=bf16,
-        seed=seed,
-        device=device,
-        eval_every=cfg.steps,
-        log_every=cfg.steps,
-    )
-    pool = list(examples)
-
-    def sample(i: int, rows: slice) -> tuple[Tensor, ...]:
-        rng = random.Random(f"{seed}:{i}")
-        return tuple(t[rows] for t in encode(rng.sample(pool, min(cfg.batch, len(pool)))))
-
-    trainer = Trainer(
-        "reflector",
-        reflector,
-        tcfg,
-        out_dir,
-        sample=sample,
-        loss_fn=reflection_loss,
-        checkpoints=False,
-        progress=False,
-    )
-    result = trainer.fit(resume=False)
-    reflector.eval()
-    return {k: result.get(k) for k in ("steps", "train_seconds", "loss")}

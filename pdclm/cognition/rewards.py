@@ -15,7 +15,7 @@ Channels (each in [0, 1] per rollout):
 Every channel but correctness pays only when the answer is correct (:func:`gate`): a format
 or length reward that pays on wrong answers can rise while accuracy falls. ``gated=False``
 gives a channel's own judgement, which is what labels episodes no verifier can check
-(:mod:`pdclm.cognition.labelling`).
+(:mod:`pdclm.eval.labelling`).
 """
 
 from __future__ import annotations

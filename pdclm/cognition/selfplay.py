@@ -26,8 +26,8 @@ from pdclm.cognition.ccm import Budget, Solution, agreement, check, solve
 from pdclm.data.episodes import Episode, with_context
 from pdclm.data.generators import GENERATORS, Task
 from pdclm.data.tasks import Item, verify
+from pdclm.dist import spread
 from pdclm.model.pdclm import PDCLM, complete
-from pdclm.train.parallel import spread
 from pdclm.vocab import BOS, VOCAB_SIZE
 
 CONTROL = frozenset(range(256, VOCAB_SIZE))

@@ -34,6 +34,19 @@ class Episode:
             raise EpisodeError(f"an answer must be one line; got {self.answer!r}")
 
 
+@dataclass(frozen=True)
+class Judged:
+    """An episode with its labels."""
+
+    episode: Episode
+    step_ok: tuple[bool | None, ...]
+    """Per step: right, wrong, or unknown (no label)."""
+    answer_ok: bool
+    """The whole episode is right: correct answer and no wrong step."""
+    weight: float = 1.0
+    """Loss weight of its labels (human verdicts weigh more than automatic ones)."""
+
+
 def _bytes(text: str) -> list[int]:
     return list(text.encode("utf-8"))
 

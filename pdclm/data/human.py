@@ -34,8 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pdclm.cognition.reflection import Judged
-from pdclm.data.episodes import Episode, with_context
+from pdclm.data.episodes import Episode, Judged, with_context
 
 HUMAN_FILE = "human.jsonl"
 """Where ``prepare`` stores the validated examples, inside ``data.dir``."""

@@ -31,16 +31,14 @@ from typing import Any, BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from pdclm.config import DataConfig
-from pdclm.train.checkpoint import atomic_write, sha256
+from pdclm.config import HUMAN_PREFIX, SHARD_FORMAT, DataConfig, fingerprint, text_sources
+from pdclm.data.human import HUMAN_FILE, parse_lines
+from pdclm.io import atomic_write, sha256
 from pdclm.vocab import BOS, EOS
 
-FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 SHARD_RE = re.compile(r"(train|val)_\d{5}\.bin")
-HUMAN_PREFIX = "human:"
-"""A source written ``human:PATH`` holds human verifier examples (:mod:`pdclm.data.human`)."""
 
 
 class DataError(Exception):
@@ -272,25 +270,6 @@ def resolve_sources(
 # documents -> shards
 
 
-def text_sources(sources: list[str]) -> list[str]:
-    """The sources that become byte shards (all but ``human:`` verifier examples)."""
-    return [s for s in sources if not s.startswith(HUMAN_PREFIX)]
-
-
-def fingerprint(cfg: DataConfig) -> str:
-    """Hash of the settings that decide the shards' content (not their location; human
-    verifier examples are re-read on every ``prepare`` and do not change it)."""
-    keys = {
-        "version": FORMAT_VERSION,
-        "sources": text_sources(cfg.sources),
-        "jsonl_field": cfg.jsonl_field,
-        "max_bytes": cfg.max_bytes,
-        "shard_bytes": cfg.shard_bytes,
-        "val_fraction": cfg.val_fraction,
-    }
-    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
-
-
 def _write_shard(path: Path, symbols: np.ndarray) -> str:
     """Write one shard atomically; returns its sha256."""
     data = symbols.astype(np.uint16, copy=False).tobytes()
@@ -314,7 +293,7 @@ def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
 
 def _new_manifest(cfg: DataConfig) -> dict[str, Any]:
     return {
-        "version": FORMAT_VERSION,
+        "version": SHARD_FORMAT,
         "sources": text_sources(cfg.sources),
         "fingerprint": fingerprint(cfg),
         "settings": {
@@ -496,8 +475,6 @@ def ingest_human(sources: list[str], out: Path) -> dict[str, Any]:
     """Validate the ``human:`` sources line by line into ``out/human.jsonl`` (rewritten whole,
     atomically, every time); each bad line is reported on stderr with its line number and
     reason, listed in the summary, and skipped."""
-    from pdclm.data.human import HUMAN_FILE, parse_lines
-
     paths: list[Path] = []
     for src in sources:
         pattern = src[len(HUMAN_PREFIX) :]

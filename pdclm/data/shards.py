@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pdclm.data.ingest import SPLITS, DataError, read_manifest
-from pdclm.train.checkpoint import atomic_write
+from pdclm.io import atomic_write
 
 Batch = tuple[np.ndarray, np.ndarray | None]
 

@@ -1,0 +1,1 @@
+"""Measures (layer 5, imports cognition and below): tasks, reflection, robustness, report."""

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pdclm.model.io import load_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.vocab import BOS, EOS
 
@@ -34,7 +35,6 @@ class PDCLMScorer:
 
     @classmethod
     def from_ckpt(cls, ckpt: str | Path | None, batch: int = 8) -> PDCLMScorer:
-        from pdclm.model.io import load_model
 
         model, cfg = load_model(ckpt)
         return cls(model, cfg.train.seq_len, batch)

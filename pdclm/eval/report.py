@@ -20,7 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pdclm.config import Config, to_dict  # noqa: E402
-from pdclm.train.checkpoint import write_json_atomic  # noqa: E402
+from pdclm.eval.claims import collect
+from pdclm.eval.claims import markdown as claims_markdown
+from pdclm.io import write_json_atomic  # noqa: E402
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -134,8 +136,6 @@ def markdown(report: dict[str, Any]) -> str:
         for plot in section.get("plots", []):
             lines += [f"![{plot}]({plot})", ""]
     if report.get("claims"):
-        from pdclm.eval.claims import markdown as claims_markdown
-
         lines += [claims_markdown(report["claims"])]
     if run.get("curves"):
         lines += ["## Training curves", "", f"![curves]({run['curves']})", ""]
@@ -158,7 +158,6 @@ def write_report(run_dir: Path, cfg: Config, results: dict[str, Any], seconds: f
         "config": to_dict(cfg),
         **results,
     }
-    from pdclm.eval.claims import collect
 
     # the run's own measurements, beside the saved benchmarks' (labelled with their files)
     report["claims"] = collect(report, cfg.bench.results_dir)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from pdclm.cognition.ccm import Budget, Solution, agreement, check, solve, source_reliance
+from pdclm.cognition.selfplay import peer_context
 from pdclm.config import TasksConfig
 from pdclm.data.tasks import Item, Source, constant_baseline, held_out, make_source
 from pdclm.model.pdclm import PDCLM
@@ -163,7 +164,6 @@ def source_separation(
     context is other agents' answers (the dialogue format), once stating the gold answer and
     once a wrong one. A model that keeps its sources apart gains when the context supports the
     answer and loses when it contradicts it; one that ignores the context shows ~0 for both."""
-    from pdclm.cognition.selfplay import peer_context
 
     model.eval()
     rows = []

@@ -1,0 +1,1 @@
+"""Hierarchical memory (layer 2, imports pse and base): tiers, router, store, phases."""

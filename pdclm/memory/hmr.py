@@ -53,8 +53,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pdclm.config import MemoryConfig
+from pdclm.layers import RMSNorm
 from pdclm.memory.store import LongTermStore, decided_written
-from pdclm.model.layers import RMSNorm, apply_rotary
 
 TIERS = ("ssm", "msm", "lsm")
 
@@ -247,31 +247,6 @@ def new_state(model, batch: int, device: torch.device) -> MemoryState:
         slots=m.slot_init[None].repeat(batch, 1, 1) if cfg.msm else None,
         lsm=lsm,
     )
-
-
-# ---------------------------------------------------------------------------------- latent
-def windowed_block(block, x, rope, pk, pv, pvalid, window: int, n_real: Tensor):
-    """One latent block whose attention sees the ``window`` most recent patches, the carried
-    ones (``pk``/``pv`` (B, H, W, hd), right-aligned, ``pvalid`` (B, W)) included. Returns the
-    output and the new carried keys/values/validity (the last ``window`` real patches)."""
-    a = block.attn
-    B, T, C = x.shape
-    W = window
-    q, k, v = a.qkv(block.attn_norm(x)).view(B, T, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4)
-    q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-    K, V = torch.cat([pk.to(k.dtype), k], 2), torch.cat([pv.to(v.dtype), v], 2)
-    i = torch.arange(T, device=x.device)[:, None]
-    s = torch.arange(W, device=x.device)[None, :]
-    j = torch.arange(T, device=x.device)[None, :]
-    pmask = (s > i)[None] & pvalid[:, None, :]  # carried slot s is W - s patches back
-    cmask = ((j <= i) & (i - j < W))[None].expand(B, -1, -1)
-    y = F.scaled_dot_product_attention(q, K, V, attn_mask=torch.cat([pmask, cmask], -1)[:, None])
-    x = x + a.proj(y.transpose(1, 2).reshape(B, T, C))
-    x = x + block.mlp(block.mlp_norm(x))
-    valid = torch.cat([pvalid, j.expand(B, -1) < n_real[:, None]], 1)
-    idx = n_real[:, None] + torch.arange(W, device=x.device)[None, :]  # (B, W)
-    gi = idx[:, None, :, None].expand(B, K.shape[1], W, K.shape[3])
-    return x, K.gather(2, gi), V.gather(2, gi), valid.gather(1, idx)
 
 
 # ---------------------------------------------------------------------------------- HMR read

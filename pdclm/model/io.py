@@ -1,8 +1,8 @@
 """Save and load a trained PD-CLM as a folder: ``config.json`` + ``model.safetensors``.
 
 ``load_model`` accepts that folder, a run folder (it uses ``RUN/model``) or, with no path, the
-newest run under ``runs/`` that has a model. ``export_checkpoint`` makes such a folder of a
-training checkpoint, sharded or not.
+newest run under ``runs/`` that has a model. ``pdclm export`` makes such a folder of a training
+checkpoint (:func:`pdclm.train.checkpoint.export_checkpoint`).
 """
 
 from __future__ import annotations
@@ -11,16 +11,8 @@ import json
 from pathlib import Path
 
 from pdclm.config import Config, from_dict, to_dict
+from pdclm.io import load_weights, save_weights, write_json_atomic
 from pdclm.model.pdclm import PDCLM
-from pdclm.train.checkpoint import (
-    CheckpointError,
-    latest_checkpoint,
-    load_state,
-    load_weights,
-    read_weights,
-    save_weights,
-    write_json_atomic,
-)
 
 
 def save_model(model: PDCLM, cfg: Config, folder: Path) -> Path:
@@ -56,22 +48,3 @@ def load_model(path: str | Path | None = None) -> tuple[PDCLM, Config]:
     model = PDCLM(cfg.pse, cfg.model)
     load_weights(model, folder / "model.safetensors")
     return model.eval(), cfg
-
-
-def export_checkpoint(ckpt: Path, out: Path | None = None) -> Path:
-    """The PD-CLM of a training checkpoint as a model folder (default: ``<ckpt>-model``).
-
-    ``ckpt`` is a ``step_...`` folder or a ``ckpt`` folder (its newest); the config comes from
-    the run folder above it; the calibrated patch threshold travels in the weights."""
-    step = latest_checkpoint(ckpt) or ckpt
-    run = next((d for d in step.parents if (d / "config.json").is_file()), None)
-    if run is None:
-        raise FileNotFoundError(f"no run config.json above {step}; is it a run's checkpoint?")
-    cfg = from_dict(json.loads((run / "config.json").read_text()))
-    model = PDCLM(cfg.pse, cfg.model)
-    try:
-        load_state(model, read_weights(step), step)
-    except CheckpointError as e:
-        raise CheckpointError(f"{e} (only PD-CLM checkpoints export)") from e
-    cfg.pse.patcher.threshold = float(model.threshold)
-    return save_model(model, cfg, out or step.with_name(step.name + "-model"))

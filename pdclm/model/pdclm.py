@@ -19,17 +19,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pdclm.config import ModelConfig, PSEConfig
+from pdclm.layers import RowKVCache, Stack, init_weights
 from pdclm.memory.hmr import MemoryRouter
-from pdclm.model.layers import RowKVCache, Stack, init_weights
+from pdclm.model.segments import MemoryStream, stream_features
 from pdclm.pse.encoder import PatchEncoder
 from pdclm.pse.entropy import EntropyModel, EntropyStream
-from pdclm.pse.patcher import boundary_candidates, patch_ids, patch_starts
+from pdclm.pse.patcher import boundary_candidates, padded_patch_count, patch_ids, patch_starts
 from pdclm.vocab import VOCAB_SIZE
 
 LN2 = 0.6931471805599453
-PATCH_BUCKET = 16
-"""Patch counts are padded to a multiple of this: with few distinct shapes the CPU allocator
-stops growing (peak RSS over a cpu-preset run: 3.2 GB unpadded, 1.3 GB padded)."""
 
 
 def next_symbol_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -89,30 +87,35 @@ class PDCLM(nn.Module):
     def features(self, tokens: Tensor, entropy: Tensor | None = None) -> Tensor:
         """The decoder's output states (B, N-1, d): state j has read ``tokens[:, : j + 1]``."""
         if self.memory is not None:  # read in segments, carrying the memory tiers
-            from pdclm.memory.stream import stream_features
-
             return stream_features(self, tokens, entropy)
         B, N = tokens.shape
         inputs = tokens[:, :-1]
         pid = patch_ids(self.patch(tokens, entropy))  # (B, N) patch of every position
         in_pid = pid[:, :-1]
-        n_patches = -(-(int(in_pid.max()) + 1) // PATCH_BUCKET) * PATCH_BUCKET
+        n_patches = padded_patch_count(int(in_pid.max()) + 1)
 
         h = self.encoder.hidden(inputs)  # (B, T, d)
-        patches = self.encoder.pool(h, in_pid, n_patches)  # (B, P, d)
-        z = self.latent(self.to_latent(patches))  # (B, P, D)
-        z = torch.cat([self.bos_latent.expand(B, 1, -1).to(z.dtype), z], dim=1)
-
+        z = self.latent(self.patch_vectors(h, in_pid, n_patches))  # (B, P, D)
         target_pid = pid[:, 1:]  # the latent of patch p-1 serves the symbols of patch p
-        ctx = z.gather(1, target_pid.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
-        x = h + self.from_latent(ctx)
+        x = self.decoder_input(h, z, self.bos_latent.expand(B, -1), target_pid)
         return self.decoder(x, seg=target_pid)
+
+    # The two steps around the latent that the plain forward above and the memory-enabled
+    # one (:func:`~pdclm.model.segments.segment_forward`) share.
+    def patch_vectors(self, h: Tensor, pid: Tensor, n_patches: int) -> Tensor:
+        """Each patch's pooled encoder states ``h`` (B, T, d), in the latent width (B, P, D)."""
+        return self.to_latent(self.encoder.pool(h, pid, n_patches))
+
+    def decoder_input(self, h: Tensor, z: Tensor, prev: Tensor, target_pid: Tensor) -> Tensor:
+        """Per position, its encoder state plus the latent of the patch before its target's
+        (``z`` (B, P, D) per patch; ``prev`` (B, D) serves the first patch)."""
+        z = torch.cat([prev[:, None].to(z.dtype), z], dim=1)
+        ctx = z.gather(1, target_pid.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
+        return h + self.from_latent(ctx)
 
     # -------------------------------------------------------------------------- generation path
     def start_stream(self, batch: int = 1) -> Stream:
         if self.memory is not None:
-            from pdclm.memory.stream import MemoryStream
-
             return MemoryStream(self, batch)
         return Stream(self, batch)
 

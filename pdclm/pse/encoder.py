@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pdclm.config import EncoderConfig
-from pdclm.model.layers import KVCache, RMSNorm, Stack
+from pdclm.layers import KVCache, RMSNorm, Stack
 from pdclm.vocab import VOCAB_SIZE
 
 _HASH_MUL = 1_000_003

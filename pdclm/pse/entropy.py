@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pdclm.config import EntropyConfig
-from pdclm.model.layers import KVCache, Stack, init_weights
+from pdclm.layers import KVCache, Stack, init_weights
 from pdclm.vocab import VOCAB_SIZE
 
 

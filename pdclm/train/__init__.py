@@ -1,0 +1,1 @@
+"""Training (layer 6, imports eval and below): loop, checkpoints, parallelism, the phases."""

@@ -13,7 +13,6 @@ only when complete, so a run killed mid-save leaves the previous checkpoint as t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,76 +21,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from pdclm.config import from_dict
+from pdclm.dist import barrier, is_main, part
+from pdclm.io import (
+    CheckpointError,
+    load_state,
+    load_weights,
+    save_weights,
+    sha256,
+    write_json_atomic,
+)
+from pdclm.model.io import save_model
+from pdclm.model.pdclm import PDCLM
+from pdclm.train.parallel import is_fsdp
+
 PREFIX = "step_"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated or does not match the model."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write beside ``path``, flush to disk and rename over it: a kill at any moment leaves
-    either the old file or the new one, never a torn one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2).encode())
-
-
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    """One JSON object per line, all or nothing."""
-    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
-
-
-def append_jsonl_atomic(path: Path, row: dict) -> None:
-    """Add one JSON line to ``path`` by rewriting it atomically (a plain append can leave half
-    a line)."""
-    old = path.read_bytes() if path.exists() else b""
-    if old and not old.endswith(b"\n"):
-        old += b"\n"
-    atomic_write(path, old + (json.dumps(row, ensure_ascii=False) + "\n").encode())
-
-
-def save_weights(model: nn.Module, path: Path) -> None:
-    """All parameters and persistent buffers as safetensors (contiguous, no shared storage)."""
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(path))
-
-
-def load_weights(model: nn.Module, path: Path) -> None:
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"cannot read weights {path}: {e}") from e
-    load_state(model, state, path)
-
-
-def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Load all of ``state`` into ``model``; a mismatch names the first differing keys."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"weights {source} do not match the model (missing: {missing[:5]}, "
-            f"unexpected: {unexpected[:5]}); was it saved with another config?"
-        )
 
 
 def save_checkpoint(
@@ -186,8 +133,6 @@ def save_sharded(
     to disk); when all have finished, rank 0 adds ``meta.json`` and renames it into place."""
     import torch.distributed.checkpoint as dcp
 
-    from pdclm.train.parallel import barrier, is_main, part
-
     final, tmp = _names(ckpt_dir, step)
     if is_main():
         _fresh_tmp(ckpt_dir, step)
@@ -281,8 +226,6 @@ def load_checkpoint(
             )
             torch.set_rng_state(state["rng_cpu"])
         return meta
-    from pdclm.train.parallel import is_fsdp
-
     if is_fsdp(model):
         raise CheckpointError(
             f"{path} was written by one process; resume it with train.parallel=none or ddp "
@@ -296,3 +239,22 @@ def load_checkpoint(
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
     return meta
+
+
+def export_checkpoint(ckpt: Path, out: Path | None = None) -> Path:
+    """The PD-CLM of a training checkpoint as a model folder (default: ``<ckpt>-model``).
+
+    ``ckpt`` is a ``step_...`` folder or a ``ckpt`` folder (its newest); the config comes from
+    the run folder above it; the calibrated patch threshold travels in the weights."""
+    step = latest_checkpoint(ckpt) or ckpt
+    run = next((d for d in step.parents if (d / "config.json").is_file()), None)
+    if run is None:
+        raise FileNotFoundError(f"no run config.json above {step}; is it a run's checkpoint?")
+    cfg = from_dict(json.loads((run / "config.json").read_text()))
+    model = PDCLM(cfg.pse, cfg.model)
+    try:
+        load_state(model, read_weights(step), step)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (only PD-CLM checkpoints export)") from e
+    cfg.pse.patcher.threshold = float(model.threshold)
+    return save_model(model, cfg, out or step.with_name(step.name + "-model"))

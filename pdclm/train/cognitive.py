@@ -19,7 +19,6 @@ wrong answers, and bits per byte on Phase 1's held-out text before and after.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import shutil
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from pdclm import dist
 from pdclm.cognition.selfplay import Verified, dialogue, propose_and_solve
 from pdclm.config import Config
 from pdclm.data.episodes import Episode, pack, weighted_symbols
@@ -44,17 +44,15 @@ from pdclm.eval.tasks import (
     generation_context,
     held_out_sets,
     plot_budget_sweep,
-    plot_task_accuracy,
     run_items,
     source_separation,
 )
+from pdclm.io import write_json_atomic, write_jsonl_atomic
 from pdclm.model.io import find_model_dir, load_model, save_model
 from pdclm.model.pdclm import PDCLM
-from pdclm.pipeline import RunContext
-from pdclm.train import parallel
-from pdclm.train.checkpoint import write_json_atomic, write_jsonl_atomic
 from pdclm.train.loop import Trainer, resolve_device
 from pdclm.train.objectives import mean_bpb, weighted_lm_loss
+from pdclm.train.phase import RunContext, epilogue, for_steps
 from pdclm.train.pretrain import held_out_batches, store_profiles
 
 
@@ -159,10 +157,10 @@ class RoundData:
             "dialogue": dialogue_stats,
         }
         jsonl, meta_path = self.paths(r)
-        if parallel.is_main():  # every rank holds the same episodes (generation is gathered)
+        if dist.is_main():  # every rank holds the same episodes (generation is gathered)
             write_jsonl_atomic(jsonl, [v.to_json() for v in episodes])
             write_json_atomic(meta_path, meta)  # last: its presence marks the round as complete
-        parallel.barrier()
+        dist.barrier()
         if progress:
             solved = ", ".join(f"{n} {p:.2f}" for n, p in probe.items() if p)
             tqdm.write(
@@ -254,12 +252,12 @@ class Cognitive:
             torch.set_num_threads(cfg.train.threads)
         folder = run_dir / "cognitive"
         start = run_dir / "phase1_model"
-        if parallel.is_main():
+        if dist.is_main():
             if not ctx.resume and folder.exists():
                 shutil.rmtree(folder)  # a fresh run of this phase: no stale rounds or checkpoints
             if not start.exists():  # a run folder from before Phase 1 kept its own copy
                 shutil.copytree(find_model_dir(run_dir), start)
-        parallel.barrier()
+        dist.barrier()
         model, mcfg = load_model(start)
         cfg.pse.patcher.threshold = mcfg.pse.patcher.threshold
 
@@ -271,15 +269,15 @@ class Cognitive:
         val_batches = held_out_batches(
             val_text, cfg.train.seq_len, cfg.train.batch, cfg.train.eval_batches, tag
         )
-        tcfg = dataclasses.replace(
+        tcfg = for_steps(
             cfg.train,
-            steps=cg.steps,
-            lr=cg.lr,
+            cg.steps,
+            evals=cg.rounds,
+            ckpts=2 * cg.rounds,
             warmup=cg.warmup,
+            lr=cg.lr,
             seq_len=cg.seq_len,
             batch=cg.batch,
-            eval_every=max(1, cg.steps // cg.rounds),
-            ckpt_every=max(1, cg.steps // (2 * cg.rounds)),
         )
         trainer = Trainer(
             "phase2/sft",
@@ -304,7 +302,7 @@ class Cognitive:
             result = trainer.fit(resume=True)
         result["train_seconds"] = seconds
         model.eval().cpu()
-        if parallel.is_main():
+        if dist.is_main():
             save_model(model, cfg, run_dir / "model")
         return self.evaluate(ctx, model, sets, result, rounds)
 
@@ -316,7 +314,7 @@ class Cognitive:
         result: dict[str, Any],
         rounds: list[dict[str, Any]],
     ) -> dict[str, Any]:
-        cfg, run_dir = ctx.cfg, ctx.run_dir
+        cfg = ctx.cfg
         bf16 = cfg.train.bf16
         tasks = evaluate_tasks(model, sets, cfg.tasks, bf16)
         sweep = budget_sweep(model, sets, cfg.tasks, bf16)
@@ -324,18 +322,9 @@ class Cognitive:
         with generation_context(bf16):
             sources = source_separation(model, sets)
         history = result.pop("history")
-        before = ctx.results.get("phase1", {}).get("tasks", {})
-        plots = (
-            [
-                plot_task_accuracy(
-                    {"after Phase 1": before, "after Phase 2": tasks["tasks"]},
-                    run_dir / "phase2_task_accuracy.png",
-                ),
-                plot_budget_sweep(sweep, run_dir / "phase2_accuracy_vs_budget.png"),
-            ]
-            if parallel.is_main()
-            else []
-        )
+        plots = {
+            "phase2_accuracy_vs_budget.png": lambda path: plot_budget_sweep(sweep, path),
+        }
         return {
             **tasks,
             "budget_sweep": sweep,
@@ -344,12 +333,6 @@ class Cognitive:
             "text_bpb_before": history[0]["val_bpb"] if history else None,
             "text_bpb_after": result.get("val_bpb"),
             "rounds": rounds,
-            "train": {
-                "steps": result["steps"],
-                "seconds": round(result["train_seconds"], 1),
-                "symbols_per_s": round(result.get("bytes_per_s", 0.0), 1),
-                "final_loss": result.get("loss"),
-            },
             "val_history": history,
-            "plots": [p.name for p in plots],
+            **epilogue(ctx, 2, tasks, result, plots),
         }

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pdclm import dist
 from pdclm.config import TrainConfig
 from pdclm.train import parallel
 from pdclm.train.checkpoint import (
@@ -124,7 +125,7 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.cfg.device)
-        self.part = parallel.part()
+        self.part = dist.part()
         self.rows = self.part.rows(self.cfg.batch)
         if self.part.rank != 0:
             self.log, self.progress = None, False
@@ -237,7 +238,7 @@ class Trainer:
             if step > 1:  # the first step pays one-off costs (allocation, kernel selection)
                 steady_time, steady_steps = steady_time + step_seconds, steady_steps + 1
             metrics = {
-                **parallel.all_mean({"loss": loss_sum, **metric_sums}),
+                **dist.all_mean({"loss": loss_sum, **metric_sums}),
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "grad_norm": float(grad_norm),
                 "bytes_per_s": symbols_seen / train_time,

@@ -19,18 +19,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pdclm import dist
 from pdclm.config import Config
 from pdclm.data.ingest import prepare
 from pdclm.data.shards import BatchSampler, ShardSet, write_profiles
 from pdclm.eval.tasks import evaluate_tasks, held_out_sets
 from pdclm.model.io import save_model
 from pdclm.model.pdclm import PDCLM
-from pdclm.pipeline import RunContext
 from pdclm.pse.entropy import EntropyModel, profile_long
 from pdclm.pse.patcher import calibrate, mean_patch_length, patch_ids
-from pdclm.train import parallel
+from pdclm.pse.viz import plot_patch_lengths, plot_profile
 from pdclm.train.loop import Trainer, resolve_device
 from pdclm.train.objectives import causal_lm_loss, lm_loss, mean_bpb
+from pdclm.train.phase import RunContext, for_steps
 
 
 def as_batch(tokens: np.ndarray, entropy: np.ndarray | None) -> tuple[Tensor, ...]:
@@ -58,16 +59,15 @@ def train_entropy_model(
 ) -> tuple[EntropyModel, dict]:
     cfg = ctx.cfg
     ecfg = cfg.pse.entropy
-    tcfg = dataclasses.replace(
+    tcfg = for_steps(
         cfg.train,
-        steps=ecfg.steps,
+        ecfg.steps,
+        evals=4,
+        ckpts=2,
         batch=ecfg.batch,
         lr=ecfg.lr,
         seq_len=ecfg.context,
         grad_accum=1,
-        warmup=min(cfg.train.warmup, ecfg.steps // 10),
-        eval_every=max(1, ecfg.steps // 4),
-        ckpt_every=max(1, ecfg.steps // 2),
     )
     torch.manual_seed(cfg.train.seed)  # a rerun trains the same entropy model, hence same patches
     model = EntropyModel(ecfg, cfg.model.mlp_ratio)
@@ -133,7 +133,7 @@ class PreparedPSE:
 
 def prepare_shared(cfg: Config, progress: bool) -> dict[str, Any]:
     """Ingest the corpus (rank 0 builds the shards; the other ranks then find them ready)."""
-    with parallel.main_first():
+    with dist.main_first():
         return prepare(cfg.data, progress=progress)
 
 
@@ -144,7 +144,7 @@ def store_profiles(cfg: Config, entropy: EntropyModel, progress: bool) -> str:
     prepare_shared(cfg, progress)
     tag = weights_tag(entropy)
     entropy.to(device)
-    part = parallel.part()
+    part = dist.part()
     write_profiles(
         cfg.data.dir,
         tag,
@@ -154,7 +154,7 @@ def store_profiles(cfg: Config, entropy: EntropyModel, progress: bool) -> str:
         progress=progress,
         share=(part.rank, part.world),
     )
-    parallel.barrier()  # every profile is complete before anyone samples from them
+    dist.barrier()  # every profile is complete before anyone samples from them
     entropy.cpu()
     return tag
 
@@ -208,7 +208,7 @@ class Pretrain:
         starts = model.patch(cal_tokens, cal_entropy)
         history = result.pop("history")
         plots = []
-        if parallel.is_main():
+        if dist.is_main():
             save_model(model, cfg, run_dir / "model")  # the run's latest model
             save_model(model, cfg, run_dir / "phase1_model")  # what later phases start from
             plots = self.plots(model, cal_tokens, cal_entropy, starts, run_dir)
@@ -251,7 +251,6 @@ class Pretrain:
     def plots(
         model: PDCLM, tokens: Tensor, entropy: Tensor, starts: Tensor, run_dir: Path
     ) -> list[str]:
-        from pdclm.pse.viz import plot_patch_lengths, plot_profile
 
         plot_profile(
             tokens[0, :160],

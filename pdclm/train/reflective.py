@@ -22,7 +22,6 @@ with and without reflect-and-revise, the unanswerable-question check, and reward
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import shutil
@@ -35,21 +34,20 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
+from pdclm import dist
 from pdclm.cognition.ccm import check
 from pdclm.cognition.reflection import (
     CRITIC_FILE,
-    Judged,
     Reflector,
     calibrate,
     gold_pair,
     judge,
     score,
     solution_episode,
-    train_reflector,
 )
 from pdclm.cognition.rewards import CHANNELS, Rollout, advantages, score_channels
 from pdclm.config import Config, ConfigError
-from pdclm.data.episodes import Episode
+from pdclm.data.episodes import Episode, Judged
 from pdclm.data.human import HumanExample, split_by_question, stored_examples
 from pdclm.data.tasks import (
     Curriculum,
@@ -72,16 +70,15 @@ from pdclm.eval.tasks import (
     evaluate_tasks,
     generation_context,
     held_out_sets,
-    plot_task_accuracy,
     run_items,
 )
+from pdclm.io import load_weights, save_weights, write_jsonl_atomic
 from pdclm.model.io import find_model_dir, load_model, save_model
 from pdclm.model.pdclm import PDCLM
-from pdclm.pipeline import RunContext
-from pdclm.train import parallel
-from pdclm.train.checkpoint import load_weights, save_weights, write_jsonl_atomic
+from pdclm.train.critic import train_reflector
 from pdclm.train.grpo import action_logprobs, grpo_loss_fn, rollout_tensors
 from pdclm.train.loop import Trainer
+from pdclm.train.phase import RunContext, epilogue, for_steps
 from pdclm.vocab import EOS
 
 STATS = (*CHANNELS, "thinking_bytes", "informative_groups", "unanswerable_said")
@@ -105,7 +102,7 @@ class Critics:
         self.cfg, self.folder, self.policy, self.exclude = cfg, folder, policy, exclude
         self.human_train = [ex.judged(cfg.human.weight) for ex in human[0]]
         self.human_cal = [ex.judged() for ex in human[1]]
-        self.progress = progress and parallel.is_main()
+        self.progress = progress and dist.is_main()
         folder.mkdir(parents=True, exist_ok=True)
         self.loaded: tuple[int, Reflector] | None = None
         self.history: list[dict[str, Any]] = []
@@ -122,7 +119,7 @@ class Critics:
         with torch.random.fork_rng():  # the heads' initialisation depends on the seed alone
             torch.manual_seed(self.cfg.train.seed * 1009 + v)
             critic = Reflector(self.policy, rf.latent_layers)
-        if parallel.broadcast(self.path(v).exists()):
+        if dist.broadcast(self.path(v).exists()):
             load_weights(critic, self.path(v))
         else:
             if v and self.path(v - 1).exists():
@@ -141,11 +138,11 @@ class Critics:
             if self.human_cal:
                 with generation_context(self.cfg.train.bf16):
                     stats["calibration"] = calibrate(critic, self.human_cal)
-            if parallel.is_main():  # every rank trained the same critic
+            if dist.is_main():  # every rank trained the same critic
                 tmp = self.path(v).with_suffix(".tmp")
                 save_weights(critic, tmp)
                 tmp.replace(self.path(v))
-            parallel.barrier()
+            dist.barrier()
             self.history.append({"version": v, "examples": len(examples), **stats})
             if self.progress:
                 tqdm.write(
@@ -335,12 +332,12 @@ class RolloutBatches:
             for j, r in enumerate(rollouts)
         ]
         path, jsonl = self.paths(k)
-        if parallel.is_main():  # every rank computed the same rollouts (generation is gathered)
+        if dist.is_main():  # every rank computed the same rollouts (generation is gathered)
             write_jsonl_atomic(jsonl, rows)
             tmp = path.with_suffix(".tmp")
             save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp))
             tmp.replace(path)  # last: its presence marks the batch as complete
-        parallel.barrier()
+        dist.barrier()
         self.policy.train()
 
     def batch(self, i: int, rows: slice) -> tuple[Tensor, ...]:
@@ -348,10 +345,10 @@ class RolloutBatches:
         (``rows``, a share of ``train.batch``, does not apply: rollout counts vary)."""
         k = i // self.cfg.rl.updates
         path = self.paths(k)[0]
-        if not parallel.broadcast(path.exists()):
+        if not dist.broadcast(path.exists()):
             self.build(k)
         t = load_file(str(path))
-        p = parallel.part()
+        p = dist.part()
         n = len(t["adv"])
         mine = [j % n for j in range(p.rank, max(n, p.world), p.world)]
         per_row = [t[name][mine] for name in ("tokens", "actions", "adv", "old_logp", "ref_logp")]
@@ -393,14 +390,14 @@ class Reflective:
         exclude |= {ex.episode.question for ex in human[2]}  # the agreement set stays unseen
         critics = Critics(cfg, folder / "critic", policy, exclude, ctx.progress, human[:2])
         data = RolloutBatches(cfg, folder / "rollouts", policy, reference, critics, exclude)
-        tcfg = dataclasses.replace(
+        tcfg = for_steps(
             cfg.train,
-            steps=rl.steps * rl.updates,
-            lr=rl.lr,
+            rl.steps * rl.updates,
+            evals=1,
             warmup=rl.warmup,
+            lr=rl.lr,
             grad_accum=1,
             log_every=1,
-            eval_every=rl.steps * rl.updates,
             ckpt_every=max(1, rl.reflect_every * rl.updates // 2),
         )
         trainer = Trainer(
@@ -418,7 +415,7 @@ class Reflective:
         result = trainer.fit(resume=True)
         policy.eval().cpu()
         critic = critics.get((rl.steps - 1) // rl.reflect_every)
-        if parallel.is_main():
+        if dist.is_main():
             save_model(policy, cfg, run_dir / "model")
             save_weights(critic, run_dir / "model" / CRITIC_FILE)  # for `solve --reflect`
         out = self.evaluate(ctx, policy, critic, sets, result, critics)
@@ -440,7 +437,7 @@ class Reflective:
         result: dict[str, Any],
         critics: Critics,
     ) -> dict[str, Any]:
-        cfg, run_dir = ctx.cfg, ctx.run_dir
+        cfg = ctx.cfg
         bf16 = cfg.train.bf16
         tasks = evaluate_tasks(policy, sets, cfg.tasks, bf16)
         with generation_context(bf16):
@@ -448,20 +445,9 @@ class Reflective:
             robust = robustness(policy, critic, sets, cfg)
             unans = unanswerable_check(policy, sets, cfg)
         curves = reward_curves(ctx.log.path if ctx.log else None)
-        plots = (
-            [
-                plot_task_accuracy(
-                    {
-                        "after Phase 2": ctx.results.get("phase2", {}).get("tasks", {}),
-                        "after Phase 3": tasks["tasks"],
-                    },
-                    run_dir / "phase3_task_accuracy.png",
-                ),
-                plot_reward_channels(curves, run_dir / "phase3_reward_channels.png"),
-            ]
-            if parallel.is_main()
-            else []
-        )
+        plots = {
+            "phase3_reward_channels.png": lambda path: plot_reward_channels(curves, path),
+        }
         return {
             **tasks,
             "reflection": critic_quality,
@@ -469,10 +455,5 @@ class Reflective:
             "unanswerable": unans,
             "rewards": {c: {"first": v[0], "last": v[-1]} for c, v in curves.items() if v},
             "critic_trainings": critics.history,
-            "train": {
-                "steps": result["steps"],
-                "seconds": round(result["train_seconds"], 1),
-                "final_loss": result.get("loss"),
-            },
-            "plots": [p.name for p in plots],
+            **epilogue(ctx, 3, tasks, result, plots),
         }

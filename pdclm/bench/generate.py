@@ -26,17 +26,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from pdclm.config import Config, ConfigError
-from pdclm.eval.bench import ARMS, LABELS, _plt, stamp
+from pdclm.bench.baselines import BPETokenizer, bpe_bpb, load_baseline
+from pdclm.bench.common import LABELS, pyplot, stamp
+from pdclm.config import BENCH_ARMS, Config, ConfigError
+from pdclm.data.shards import BatchSampler, ShardSet
+from pdclm.data.tasks import make_source
 from pdclm.eval.claims import row, threshold_verdict
-from pdclm.train.checkpoint import write_json_atomic
+from pdclm.eval.noise import KINDS, MIXED, add_noise, noisy_symbols
+from pdclm.eval.robustness import _WORD, template_words
+from pdclm.eval.tasks import correct, eval_budget, generation_context, held_out_sets, solve_sets
+from pdclm.io import write_json_atomic
+from pdclm.model.io import load_model
+from pdclm.train.objectives import lm_loss
 
 
-def load_arms(out_dir: Path, names: tuple[str, ...] = ARMS) -> dict[str, tuple[nn.Module, Any]]:
+def load_arms(
+    out_dir: Path, names: tuple[str, ...] = BENCH_ARMS
+) -> dict[str, tuple[nn.Module, Any]]:
     """The saved models of ``bench pretrain`` in ``out_dir``: name -> (model, BPE tokenizer or
     None)."""
-    from pdclm.eval.baselines import BPETokenizer, load_baseline
-    from pdclm.model.io import load_model
 
     found = {}
     for name in names:
@@ -55,7 +63,6 @@ def load_arms(out_dir: Path, names: tuple[str, ...] = ARMS) -> dict[str, tuple[n
 
 
 def val_windows(cfg: Config, length: int, batches: int) -> list[np.ndarray]:
-    from pdclm.data.shards import BatchSampler, ShardSet
 
     val = ShardSet.open(cfg.data.dir, "val")
     return [
@@ -73,7 +80,6 @@ def generation_speed(
     model: nn.Module, tok, prompts: list[np.ndarray], n_bytes: int, bf16: bool
 ) -> dict[str, float]:
     """Greedy cached generation of ``n_bytes`` bytes after each prompt, one row at a time."""
-    from pdclm.eval.tasks import generation_context
 
     model.eval()
     gen_s = pre_s = 0.0
@@ -147,7 +153,7 @@ def bench_generate(cfg: Config, out: Path) -> dict[str, Any]:
         },
         cfg,
     )
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4))
     names = list(rows)
     ax.barh([LABELS[n] for n in names], [rows[n]["bytes_per_s"] for n in names], color="C0")
@@ -164,9 +170,6 @@ def bench_generate(cfg: Config, out: Path) -> dict[str, Any]:
 
 @torch.no_grad()
 def window_bpb(model: nn.Module, tok, windows: list[np.ndarray], batch: int, bf16: bool) -> float:
-    from pdclm.eval.baselines import bpe_bpb
-    from pdclm.eval.tasks import generation_context
-    from pdclm.train.objectives import lm_loss
 
     model.eval()
     with generation_context(bf16):
@@ -180,7 +183,6 @@ def window_bpb(model: nn.Module, tok, windows: list[np.ndarray], batch: int, bf1
 
 
 def conditions(cfg: Config) -> list[tuple[str, float]]:
-    from pdclm.eval.noise import KINDS, MIXED
 
     kind_rate = 0.05
     return [
@@ -194,12 +196,6 @@ def noisy_task_accuracy(cfg: Config, ckpt: str, rates: list[float]) -> dict[str,
     """Held-out accuracy of a run's model with mixed noise in the questions' instruction words
     (never in what a question asks about, so the gold answers stay right)."""
     import dataclasses
-
-    from pdclm.data.tasks import make_source
-    from pdclm.eval.noise import MIXED, add_noise
-    from pdclm.eval.robustness import _WORD, template_words
-    from pdclm.eval.tasks import correct, eval_budget, held_out_sets, solve_sets
-    from pdclm.model.io import load_model
 
     model, _ = load_model(ckpt)
     tcfg = dataclasses.replace(cfg.tasks, eval_items=cfg.bench.noise_task_items)
@@ -230,7 +226,6 @@ def noisy_task_accuracy(cfg: Config, ckpt: str, rates: list[float]) -> dict[str,
 
 
 def bench_noise(cfg: Config, out: Path, ckpt: str | None = None) -> dict[str, Any]:
-    from pdclm.eval.noise import MIXED, noisy_symbols
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -290,7 +285,7 @@ def bench_noise(cfg: Config, out: Path, ckpt: str | None = None) -> dict[str, An
 
 
 def plot_noise(rows: dict[str, Any], cfg: Config, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.6))
     rates = [0.0, *cfg.bench.noise_rates]
     for name, r in rows.items():

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from pdclm.cognition.ccm import Budget, Solution, check
-from pdclm.cognition.reflection import Judged, Reflector, Scores, judge, load_reflector, score
+from pdclm.cognition.reflection import Reflector, Scores, judge, load_reflector, score
 from pdclm.cognition.rewards import (
     Rollout,
     consistency,
@@ -38,14 +38,14 @@ from pdclm.cognition.rewards import (
     justification,
 )
 from pdclm.config import Config
-from pdclm.data.episodes import Episode
+from pdclm.data.episodes import Episode, Judged
 from pdclm.data.generators import GENERATORS
 from pdclm.data.human import HumanExample, episode_key, read_examples
 from pdclm.data.tasks import UNANSWERABLE, Item, make_source, training_items
 from pdclm.eval.tasks import eval_budget, generation_context, held_out_sets, run_items
+from pdclm.io import append_jsonl_atomic
 from pdclm.model.io import find_model_dir, load_model
 from pdclm.model.pdclm import PDCLM
-from pdclm.train.checkpoint import append_jsonl_atomic
 
 JUDGING = ("consistency", "hallucination", "justification")
 """The channels whose own verdict (>= 1/2) says whether an episode is right."""

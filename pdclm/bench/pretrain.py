@@ -1,21 +1,19 @@
-"""``pdclm bench``: PD-CLM against baselines, each measured in one run on the same machine.
+"""``pdclm bench pretrain`` and ``scaling``: PD-CLM against baselines, each measured in one run
+on the same machine.
 
 ``pretrain`` trains every model of ``bench.models`` on the same shards for the same
 wall-clock budget, each in its own spawned process (so peak resident memory is each model's
 own), through the shared training loop: PD-CLM, PD-CLM with fixed-stride and with
 whitespace patching (ablations of the entropy patcher), a byte transformer and a BPE
-transformer (:mod:`pdclm.eval.baselines`), the last two with PD-CLM's non-embedding parameter
+transformer (:mod:`pdclm.bench.baselines`), the last two with PD-CLM's non-embedding parameter
 count. Per model: held-out bits per byte over the same bytes, training bytes/s with and
 without data preparation (PD-CLM: training the entropy model and profiling the shards; BPE:
 training the tokenizer and encoding the split), peak RSS, model FLOP/s (PyTorch's FLOP
 counter) and that over the matmul FLOP/s measured here in the same run. The trained models
-are saved, and ``generate`` and ``noise`` (:mod:`pdclm.eval.bench_eval`) measure them.
+are saved, and ``generate`` and ``noise`` (:mod:`pdclm.bench.generate`) measure them.
 
 ``scaling`` trains PD-CLM and both baselines at several latent widths for the same wall-clock
 each (in this process: no memory figure is taken) to show which way the gap moves.
-
-``rewards`` runs Phase 3 twice from the same Phase 2 model on the same budget: every reward
-channel against correctness alone.
 
 Each writes ``bench_<name>.json`` and ``bench_<name>.png`` in its folder; the JSONs carry the
 claim and goal rows of :mod:`pdclm.eval.claims`.
@@ -28,13 +26,9 @@ import dataclasses
 import hashlib
 import json
 import math
-import multiprocessing as mp
 import os
-import platform
-import queue as queue_mod
 import resource
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,35 +38,38 @@ import numpy as np
 import torch
 from torch import nn
 
-from pdclm.config import Config, ConfigError, to_dict
+from pdclm.bench.baselines import (
+    BPETokenizer,
+    TokenSplit,
+    TokenTransformer,
+    bpe_bpb,
+    bpe_loss_fn,
+    matched_transformer,
+    non_embedding_params,
+    save_baseline,
+    train_bpe,
+)
+from pdclm.bench.common import LABELS, pyplot, run_spawned, stamp
+from pdclm.config import BENCH_ARMS, Config, ConfigError, to_dict
+from pdclm.data.shards import BatchSampler, ShardSet, profile_dir
 from pdclm.eval.claims import CLAIMS, row, threshold_verdict
-from pdclm.train.checkpoint import write_json_atomic
+from pdclm.io import write_json_atomic
+from pdclm.model.io import load_model, save_model
+from pdclm.model.pdclm import PDCLM
+from pdclm.pse.patcher import calibrate, mean_patch_length
 from pdclm.train.flops import matmul_flops
-
-ARMS = ("pdclm", "pdclm_stride", "pdclm_whitespace", "byte", "bpe")
-LABELS = {
-    "pdclm": "PD-CLM",
-    "pdclm_stride": "PD-CLM, fixed-stride patches",
-    "pdclm_whitespace": "PD-CLM, whitespace patches",
-    "byte": "byte transformer",
-    "bpe": "BPE transformer",
-}
-
-
-def machine() -> str:
-    return f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
-def stamp(result: dict[str, Any], cfg: Config) -> dict[str, Any]:
-    """What every bench JSON records about how it was made."""
-    return {
-        "command": "pdclm " + " ".join(sys.argv[1:]) if "pdclm" in sys.argv[0] else None,
-        "preset": cfg.preset,
-        "machine": machine(),
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        **result,
-    }
-
+from pdclm.train.loop import Trainer, resolve_device
+from pdclm.train.objectives import lm_loss, mean_bpb
+from pdclm.train.phase import RunContext, for_steps
+from pdclm.train.pretrain import (
+    as_batch,
+    calibration_sample,
+    held_out_batches,
+    prepare_shared,
+    store_profiles,
+    train_entropy_model,
+    weights_tag,
+)
 
 # ----------------------------------------------------------------------------- preparation
 
@@ -89,19 +86,6 @@ def prepare_bench(cfg: Config, out_dir: Path, progress: bool = True) -> dict[str
     preparation), and the BPE tokenizer with the encoded training split (the BPE model's).
     Each is timed from scratch; the result is kept in ``out_dir`` and reused by later
     benchmarks in the same folder."""
-    from pdclm.data.shards import ShardSet, profile_dir
-    from pdclm.eval.baselines import train_bpe
-    from pdclm.model.io import save_model
-    from pdclm.model.pdclm import PDCLM
-    from pdclm.pipeline import RunContext
-    from pdclm.pse.patcher import calibrate
-    from pdclm.train.pretrain import (
-        calibration_sample,
-        prepare_shared,
-        store_profiles,
-        train_entropy_model,
-        weights_tag,
-    )
 
     path = out_dir / "prep.json"
     key = _prep_key(cfg)
@@ -179,27 +163,11 @@ class Arm:
 
 def pdclm_target(cfg: Config) -> int:
     """PD-CLM's non-embedding parameter count at this config (what baselines match)."""
-    from pdclm.eval.baselines import non_embedding_params
-    from pdclm.model.pdclm import PDCLM
 
     return non_embedding_params(PDCLM(cfg.pse, cfg.model))
 
 
 def build_arm(name: str, cfg: Config, out_dir: Path, prep: dict[str, Any]) -> Arm:
-    from pdclm.data.shards import BatchSampler, ShardSet
-    from pdclm.eval.baselines import (
-        BPETokenizer,
-        TokenSplit,
-        bpe_bpb,
-        bpe_loss_fn,
-        matched_transformer,
-    )
-    from pdclm.model.io import load_model
-    from pdclm.model.pdclm import PDCLM
-    from pdclm.pse.patcher import mean_patch_length
-    from pdclm.train.loop import resolve_device
-    from pdclm.train.objectives import lm_loss, mean_bpb
-    from pdclm.train.pretrain import as_batch, held_out_batches
 
     device = resolve_device(cfg.train.device)
     t = cfg.train
@@ -236,7 +204,7 @@ def build_arm(name: str, cfg: Config, out_dir: Path, prep: dict[str, Any]) -> Ar
             extra,
         )
     if name != "bpe":
-        raise ConfigError(f"unknown bench model '{name}' (known: {', '.join(ARMS)})")
+        raise ConfigError(f"unknown bench model '{name}' (known: {', '.join(BENCH_ARMS)})")
     tok = BPETokenizer.load(out_dir / "bpe" / "tokenizer.json")
     ids = np.load(out_dir / "bpe" / "train_ids.npy")
     bpt = prep["bpe"]["bytes_per_token"]
@@ -274,9 +242,6 @@ def train_arm(
 ) -> dict[str, Any]:
     """Build, time-calibrate, train for ``seconds``, evaluate; save the model (into
     ``out_dir/models``) if asked. ``work``: the trainer's folder (default ``out_dir/work``)."""
-    from pdclm.eval.baselines import TokenTransformer, non_embedding_params, save_baseline
-    from pdclm.model.io import save_model
-    from pdclm.train.loop import Trainer, resolve_device
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -289,7 +254,7 @@ def train_arm(
     probe = Trainer(
         f"{name}-probe",
         model,
-        dataclasses.replace(cfg.train, steps=6, warmup=0),
+        for_steps(cfg.train, 6, warmup=0),
         work,
         arm.sample,
         arm.loss_fn,
@@ -300,12 +265,7 @@ def train_arm(
     model.load_state_dict(init_state)  # train from the weights the probe started at
     # 7 validations of eval_batches forward passes (~1/3 of a training step each) share the budget
     steps = max(10, int(seconds / step_time - 7 * cfg.train.eval_batches / 3))
-    tcfg = dataclasses.replace(
-        cfg.train,
-        steps=steps,
-        warmup=min(cfg.train.warmup, steps // 10),
-        eval_every=max(1, steps // 6),
-    )
+    tcfg = for_steps(cfg.train, steps, evals=6)
     trainer = Trainer(
         name,
         model,
@@ -363,26 +323,6 @@ def _child(name: str, cfg: Config, out_dir: str, prep: dict, seconds: float, que
     queue.put(train_arm(name, cfg, Path(out_dir), prep, seconds, save=True))
 
 
-def run_spawned(name: str, target: Callable[..., None], *args: Any) -> Any:
-    """``target(*args, queue)`` in a fresh process, so its peak RSS is its own; returns what it
-    puts on the queue, or raises a clear error if the child dies before it does."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    while True:
-        try:
-            result = queue.get(timeout=5)
-            break
-        except queue_mod.Empty:
-            if not proc.is_alive():
-                raise RuntimeError(
-                    f"bench: training '{name}' failed (exit code {proc.exitcode})"
-                ) from None
-    proc.join()
-    return result
-
-
 def train_spawned(name: str, cfg: Config, out_dir: Path, prep: dict, seconds: float) -> dict:
     """:func:`train_arm` in a fresh process: its peak RSS is this model's alone."""
     return run_spawned(name, _child, name, cfg, str(out_dir), prep, seconds)
@@ -392,7 +332,6 @@ def train_spawned(name: str, cfg: Config, out_dir: Path, prep: dict, seconds: fl
 
 
 def bench_pretrain(cfg: Config, out: Path | None = None) -> dict[str, Any]:
-    from pdclm.train.loop import resolve_device
 
     out_dir = out or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     prep = prepare_bench(cfg, out_dir)
@@ -518,17 +457,8 @@ def pretrain_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_pretrain(rows: dict[str, Any], path: Path, seconds: float) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for r in rows.values():
         steps = max(1, r["steps"])
@@ -606,7 +536,7 @@ def bench_scaling(cfg: Config, out: Path | None = None) -> dict[str, Any]:
 
 
 def plot_scaling(sizes: list[dict[str, Any]], path: Path, seconds: float) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name in sizes[0]["models"]:
         xs = [s["models"][name]["non_embedding_params"] for s in sizes]
@@ -620,98 +550,3 @@ def plot_scaling(sizes: list[dict[str, Any]], path: Path, seconds: float) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------- rewards
-
-
-def bench_rewards(cfg: Config, ckpt: str | None, out: Path | None = None) -> dict[str, Any]:
-    """Phase 3 with all reward channels and with correctness alone, from the same Phase 2
-    model with the same steps and seeds: held-out accuracy, mean thinking length, and the
-    robustness figures of each."""
-    from pdclm.model.io import find_model_dir
-    from pdclm.pipeline import run_phases
-
-    source = find_model_dir(ckpt)
-    if (source.parent / "phase2_model").exists():  # a finished run: start where Phase 3 did
-        source = source.parent / "phase2_model"
-    out = out or Path("runs") / f"bench-rewards-{time.strftime('%Y%m%d-%H%M%S')}"
-    variants = {
-        "all channels": cfg.rl.rewards,
-        "correctness only": dataclasses.replace(
-            cfg.rl.rewards, consistency=0.0, justification=0.0, efficiency=0.0, hallucination=0.0
-        ),
-    }
-    rows: dict[str, Any] = {}
-    for name, rewards in variants.items():
-        run = out / name.replace(" ", "_")
-        if run.exists():
-            shutil.rmtree(run)
-        shutil.copytree(source, run / "model")
-        vcfg = dataclasses.replace(cfg, rl=dataclasses.replace(cfg.rl, rewards=rewards))
-        t0 = time.perf_counter()
-        p3 = run_phases(vcfg, run, only=["reflective"])["phase3"]
-        tasks = p3["tasks"]
-        rows[name] = {
-            "accuracy": sum(t["accuracy"] for t in tasks.values()) / len(tasks),
-            "thinking_bytes": sum(t["thinking_bytes"] for t in tasks.values()) / len(tasks),
-            "per_task": {n: t["accuracy"] for n, t in tasks.items()},
-            "robustness": p3["robustness"],
-            "rewards": p3["rewards"],
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
-    a, c = rows["all channels"], rows["correctness only"]
-    result = {
-        "start": str(source),
-        "steps": cfg.rl.steps,
-        "variants": rows,
-        "accuracy_ratio": a["accuracy"] / c["accuracy"] if c["accuracy"] else None,
-        "thinking_ratio": a["thinking_bytes"] / c["thinking_bytes"]
-        if c["thinking_bytes"]
-        else None,
-    }
-    (out / "bench_rewards.json").write_text(json.dumps(result, indent=2))
-    plot_rewards_bench(rows, out / "bench_rewards.png")
-    for name, r in rows.items():
-        print(f"{name:>18}: accuracy {r['accuracy']:.3f}, thinking {r['thinking_bytes']:.0f} bytes")
-    return result
-
-
-def plot_rewards_bench(rows: dict[str, Any], path: Path) -> None:
-    plt = _plt()
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.6))
-    names = list(rows)
-    ax.bar(names, [rows[n]["accuracy"] for n in names], color=["C0", "C1"])
-    ax.set_ylabel("mean held-out accuracy")
-    bx.bar(names, [rows[n]["thinking_bytes"] for n in names], color=["C0", "C1"])
-    bx.set_ylabel("mean thinking bytes")
-    fig.suptitle("Phase 3: every reward channel vs correctness alone (same steps)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------- publish
-
-
-def publish(out_dir: Path, which: list[str], preset: str, to: str | None) -> dict[str, Any]:
-    """The claims table of every bench JSON in ``out_dir`` (``claims.md``, ``claims.json``),
-    printed; with ``to``, each bench's JSON and PNG copied there as ``<bench>_<preset>.*``."""
-    from pdclm.eval import claims
-
-    if to:
-        dest = Path(to)
-        dest.mkdir(parents=True, exist_ok=True)
-        for w in which:
-            for ext in ("json", "png"):
-                src = out_dir / f"bench_{w}.{ext}"
-                if src.exists():
-                    shutil.copyfile(src, dest / f"{w}_{preset}.{ext}")
-    collected = claims.collect(None, Path(to) if to else out_dir)
-    write_json_atomic(out_dir / "claims.json", collected)
-    text = claims.markdown(collected)
-    (out_dir / "claims.md").write_text(text)
-    if to:
-        (Path(to) / f"claims_{preset}.md").write_text(text)
-    print(text)
-    return collected

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pdclm.model.layers import Stack, init_weights
+from pdclm.io import load_weights, save_weights, write_json_atomic
+from pdclm.layers import Stack, init_weights
 from pdclm.model.pdclm import LN2
-from pdclm.train.checkpoint import load_weights, save_weights, write_json_atomic
 from pdclm.vocab import VOCAB_SIZE
 
 

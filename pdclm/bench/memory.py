@@ -31,7 +31,6 @@ torch search against the faiss IVF index, with the index's recall of the exact t
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import resource
 import time
@@ -41,10 +40,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from pdclm.bench.common import run_spawned, stamp
 from pdclm.config import Config
-from pdclm.eval.bench import run_spawned, stamp
+from pdclm.data.ingest import read_manifest, stdlib_sources
+from pdclm.data.shards import BatchSampler, ShardSet
+from pdclm.io import write_json_atomic
+from pdclm.memory.store import LongTermStore
 from pdclm.memory.tasks import assoc_recall, greedy_hits, passkey, whole_items
-from pdclm.train.checkpoint import write_json_atomic
+from pdclm.model.io import load_model, save_model
+from pdclm.model.pdclm import PDCLM, next_symbol_loss
+from pdclm.train.loop import MetricsLog, Trainer
+from pdclm.train.objectives import weighted_lm_loss
+from pdclm.train.phase import RunContext, for_steps
+from pdclm.train.pretrain import prepare_pse, prepare_shared
+from pdclm.vocab import BOS
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -135,7 +144,6 @@ def accuracy(model, items: list, group: int, window: int | None, batch: int) -> 
 
 def long_documents(cfg: Config, n_docs: int, max_bytes: int) -> list[tuple[str, bytes]]:
     """The longest standard-library files that are not in the training split."""
-    from pdclm.data.ingest import read_manifest, stdlib_sources
 
     manifest = read_manifest(cfg.data.dir) or {"documents": []}
     trained = {d["name"] for d in manifest["documents"] if d.get("split") == "train"}
@@ -156,8 +164,6 @@ def long_documents(cfg: Config, n_docs: int, max_bytes: int) -> list[tuple[str, 
 @torch.no_grad()
 def long_bpb(model, docs: list[tuple[str, bytes]], window: int | None) -> tuple[float, float]:
     """Bits per byte over the documents and reading speed (bytes/s)."""
-    from pdclm.model.pdclm import next_symbol_loss
-    from pdclm.vocab import BOS
 
     bits, count, t0 = 0.0, 0, time.perf_counter()
     for _, data in docs:
@@ -171,11 +177,6 @@ def long_bpb(model, docs: list[tuple[str, bytes]], window: int | None) -> tuple[
 def _run_variant(name: str, cfg: Config, out_dir: str, steps: int, queue) -> None:
     """Child process: train one variant for the wall-clock budget (``steps`` 0) or for
     ``steps`` steps (the equal-FLOPs baseline), then measure it."""
-    from pdclm.data.shards import BatchSampler, ShardSet
-    from pdclm.model.io import load_model, save_model
-    from pdclm.model.pdclm import PDCLM
-    from pdclm.train.loop import MetricsLog, Trainer
-    from pdclm.train.objectives import weighted_lm_loss
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -195,7 +196,7 @@ def _run_variant(name: str, cfg: Config, out_dir: str, steps: int, queue) -> Non
         # steps: a 5-step timing was off by up to 35% either way, so one variant stopped early
         # and another was cut by the budget before its learning rate had decayed
         init_state = {k: v.clone() for k, v in model.state_dict().items()}
-        probe_cfg = dataclasses.replace(cfg.train, steps=PROBE_STEPS, warmup=0)
+        probe_cfg = for_steps(cfg.train, PROBE_STEPS, warmup=0)
         probe = Trainer(
             f"{name}-probe",
             model,
@@ -213,9 +214,7 @@ def _run_variant(name: str, cfg: Config, out_dir: str, steps: int, queue) -> Non
         steps = max(10, int(seconds / step_time))
     warmup, ramp = int(cfg.bench.memory_warmup * steps), int(cfg.bench.memory_ramp * steps)
     sample = lambda i, rows: task_batch(i, cfg, text, warmup, ramp)
-    tcfg = dataclasses.replace(
-        cfg.train, steps=steps, warmup=min(cfg.train.warmup, steps // 10), log_every=10
-    )
+    tcfg = for_steps(cfg.train, steps, log_every=10)
     trainer = Trainer(
         f"memory/{name}",
         model,
@@ -279,7 +278,6 @@ def lsm_latency(
 ) -> list[dict[str, Any]]:
     """Top-k lookup time of ``queries`` patch queries as the store grows: exact torch search
     against the faiss IVF index, and the index's recall of the exact top-k."""
-    from pdclm.memory.store import LongTermStore
 
     rng = torch.Generator().manual_seed(0)
     rows = []
@@ -333,10 +331,6 @@ def bench_pse(cfg: Config, out_dir: Path, progress: bool = True) -> None:
     its entropy model, and its patch rule and threshold unless ``pse.patcher.threshold`` is set
     (then ``pse.patcher`` as given). Either way the corpus is ingested (text rows, held-out
     long documents)."""
-    from pdclm.model.io import load_model, save_model
-    from pdclm.model.pdclm import PDCLM
-    from pdclm.pipeline import RunContext
-    from pdclm.train.pretrain import prepare_pse, prepare_shared
 
     if not cfg.bench.memory_pse:
         pse = prepare_pse(RunContext(cfg, out_dir, progress=progress))

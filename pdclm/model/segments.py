@@ -1,6 +1,10 @@
 """Reading in segments with memory: the model's forward, generation, and persistence.
 
-:func:`segment_forward` runs one segment of a memory-enabled PD-CLM against a
+:func:`segment_forward` is the memory-enabled forward. It shares every stage with the plain
+one (:meth:`PDCLM.features`): the same encoder, :meth:`PDCLM.patch_vectors`, latent blocks
+(called with a :class:`~pdclm.layers.CarriedWindow` cache, the short-term tier) and
+:meth:`PDCLM.decoder_input` and decoder; between two latent blocks it reads and writes the
+memory tiers (:mod:`pdclm.memory.hmr`). It runs one segment against a
 :class:`~pdclm.memory.hmr.MemoryState` and (if asked) carries the state on. Everything a
 segment needs from the past comes from the state: the last symbols (so the encoder's local
 window, the n-gram hashes and the patch rule see across the cut), the latent's window
@@ -24,19 +28,19 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from pdclm.config import ConfigError
+from pdclm.io import write_json_atomic
+from pdclm.layers import CarriedWindow, rotary
 from pdclm.memory.hmr import (
     TIERS,
     MemoryState,
     commit_writes,
     new_state,
     read_memory,
-    windowed_block,
 )
 from pdclm.memory.phases import phase_ends
-from pdclm.model.layers import rotary
-from pdclm.pse.patcher import boundary_candidates, cap_starts
+from pdclm.pse.patcher import boundary_candidates, cap_starts, padded_patch_count
 
-PATCH_BUCKET = 16
 STATE_TENSORS = ("tail", "tail_entropy", "lat_valid", "prev_x", "prev_z", "dec_last", "slots")
 
 
@@ -72,10 +76,10 @@ def segment_forward(
     pid = starts.long().cumsum(1) - 1
     in_pid = pid[:, :T]
     n_real = in_pid.max(1).values + 1
-    P = -(-int(n_real.max()) // PATCH_BUCKET) * PATCH_BUCKET
+    P = padded_patch_count(int(n_real.max()))
 
     h = model.encoder.hidden(torch.cat([tail, inputs], 1))[:, E:]
-    x = model.to_latent(model.encoder.pool(h, in_pid, P))
+    x = model.patch_vectors(h, in_pid, P)
     ends = phase_ends(
         inputs, starts, entropy, n_real, P, cfg.max_phase, cfg.phase_entropy, cfg.segment == T
     )
@@ -92,15 +96,15 @@ def segment_forward(
         if i == at:
             x, writes = read_memory(mem, x, ends, n_real, state, commit, stats)
         pk, pv = (state.lat_k[i], state.lat_v[i]) if carried else (empty, empty)
-        x, k, v, valid = windowed_block(block, x, rope, pk, pv, pvalid, W, n_real)
-        new_k.append(k)
-        new_v.append(v)
+        window = CarriedWindow(pk, pv, pvalid, n_real)
+        x = block(x, rope, cache=window)
+        new_k.append(window.k)
+        new_v.append(window.v)
+        valid = window.valid
     z = lat.norm(x)
     prev_z = model.bos_latent.expand(B, -1) if state.prev_z is None else state.prev_z
-    z = torch.cat([prev_z[:, None].to(z.dtype), z], 1)
     target_pid = pid[:, 1:]
-    ctx = z.gather(1, target_pid[..., None].expand(-1, -1, z.shape[-1]))
-    dec_in = h + model.from_latent(ctx)
+    dec_in = model.decoder_input(h, z, prev_z, target_pid)
     if state.dec_last is None:
         out = model.decoder(dec_in, seg=target_pid)
     else:  # the previous segment's last position predicted this segment's first symbol: it
@@ -119,9 +123,7 @@ def segment_forward(
         ]
         if cfg.ssm:
             state.lat_k, state.lat_v, state.lat_valid = new_k, new_v, valid
-        state.prev_z = z[:, 1:].gather(1, (n_real - 1)[:, None, None].expand(-1, 1, z.shape[-1]))[
-            :, 0
-        ]
+        state.prev_z = z.gather(1, (n_real - 1)[:, None, None].expand(-1, 1, z.shape[-1]))[:, 0]
         commit_writes(state, writes, n_real)
         state.dec_last = dec_in[:, -1]
         state.npatch = state.npatch + n_real
@@ -211,7 +213,6 @@ class MemoryStream:
     def save(self, folder: Path) -> Path:
         """Write the whole state (all tiers, the open segment) to ``folder/memory.safetensors``
         plus ``memory.json``; atomic (written beside, then renamed)."""
-        from pdclm.train.checkpoint import write_json_atomic
 
         st = self.state
         folder.mkdir(parents=True, exist_ok=True)
@@ -240,7 +241,6 @@ class MemoryStream:
     @classmethod
     def load(cls, model, folder: Path) -> MemoryStream:
         """A stream that goes on exactly where the saved one stopped."""
-        from pdclm.config import ConfigError
 
         meta = json.loads((folder / "memory.json").read_text())
         if meta["config"] != _fingerprint(model):

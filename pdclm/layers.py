@@ -74,6 +74,7 @@ class KVCache:
         self, k: Tensor, v: Tensor, seg: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Add (B, H, 1, D) keys/values; return all visible keys, values and a mask (or None)."""
+        one_position(k)
         self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
         self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
         if seg is not None:
@@ -83,6 +84,11 @@ class KVCache:
             self.seg = None if self.seg is None else self.seg[:, -self.window :]
         mask = None if seg is None else (self.seg == seg[:, -1:])[:, None, None, :]
         return self.k, self.v, mask
+
+
+def one_position(k: Tensor) -> None:
+    if k.shape[2] != 1:
+        raise ValueError("a cached attention step takes one position at a time")
 
 
 class RowKVCache:
@@ -123,6 +129,7 @@ class _RowView:
     def append(
         self, k: Tensor, v: Tensor, seg: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
+        one_position(k)
         c, idx = self.cache, self.index
         c._grow(k, int(c.length[idx].max()) + 1 if idx.numel() else 1)
         at = c.length[idx]
@@ -131,6 +138,36 @@ class _RowView:
         n = int(c.length[idx].max())
         mask = torch.arange(n, device=k.device)[None, :] < c.length[idx][:, None]
         return c.k[idx, :, :n], c.v[idx, :, :n], mask[:, None, None, :]
+
+
+class CarriedWindow:
+    """The keys/values of the ``window`` most recent positions of the previous segment, for a
+    block that reads a whole segment at once (the memory's short-term tier, the latent over
+    patches): each new position sees the carried ones and its own segment's, ``window`` back.
+
+    ``k``/``v`` (B, H, W, D) are right-aligned with ``valid`` (B, W) marking real entries;
+    after :meth:`append` they hold what the next segment carries: the last ``window`` of the
+    first ``n_real`` (B,) new positions (the rest of each row is padding)."""
+
+    def __init__(self, k: Tensor, v: Tensor, valid: Tensor, n_real: Tensor) -> None:
+        self.k, self.v, self.valid, self.n_real = k, v, valid, n_real
+
+    def append(
+        self, k: Tensor, v: Tensor, seg: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        B, H, T, D = k.shape
+        W = self.valid.shape[1]
+        K, V = torch.cat([self.k.to(k.dtype), k], 2), torch.cat([self.v.to(v.dtype), v], 2)
+        i = torch.arange(T, device=k.device)[:, None]
+        s = torch.arange(W, device=k.device)[None, :]
+        j = torch.arange(T, device=k.device)[None, :]
+        carried = (s > i)[None] & self.valid[:, None, :]  # carried slot s is W - s back
+        own = ((j <= i) & (i - j < W))[None].expand(B, -1, -1)
+        valid = torch.cat([self.valid, j.expand(B, -1) < self.n_real[:, None]], 1)
+        idx = self.n_real[:, None] + torch.arange(W, device=k.device)[None, :]  # (B, W)
+        gi = idx[:, None, :, None].expand(B, H, W, D)
+        self.k, self.v, self.valid = K.gather(2, gi), V.gather(2, gi), valid.gather(1, idx)
+        return K, V, torch.cat([carried, own], -1)[:, None]
 
 
 def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int, seg: Tensor | None) -> Tensor:
@@ -177,16 +214,14 @@ class Attention(nn.Module):
         x: Tensor,
         rope: tuple[Tensor, Tensor],
         seg: Tensor | None = None,
-        cache: KVCache | _RowView | None = None,
+        cache: KVCache | _RowView | CarriedWindow | None = None,
     ) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
-            # incremental, one position per call: the cache holds exactly the window, so only
-            # segments (or per-row lengths) need a mask
-            if T != 1:
-                raise ValueError("a cached attention step takes one position at a time")
+            # the cache holds exactly what the new positions may see: only segments, per-row
+            # lengths or the carried window need a mask
             k, v, mask = cache.append(k, v, seg)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         elif self.window is None:
@@ -221,7 +256,7 @@ class Block(nn.Module):
         x: Tensor,
         rope: tuple[Tensor, Tensor],
         seg: Tensor | None = None,
-        cache: KVCache | _RowView | None = None,
+        cache: KVCache | _RowView | CarriedWindow | None = None,
     ) -> Tensor:
         x = x + self.attn(self.attn_norm(x), rope, seg, cache)
         return x + self.mlp(self.mlp_norm(x))

@@ -1,0 +1,1 @@
+"""Benchmarks (layer 8, imports everything but the CLI): experiments that train models."""

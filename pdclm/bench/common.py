@@ -1,0 +1,94 @@
+"""What every bench shares: model labels, the stamp each JSON carries, plotting, spawned
+training processes and publishing the claims table."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import platform
+import queue as queue_mod
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pdclm.config import Config
+from pdclm.eval import claims
+from pdclm.io import write_json_atomic
+
+LABELS = {
+    "pdclm": "PD-CLM",
+    "pdclm_stride": "PD-CLM, fixed-stride patches",
+    "pdclm_whitespace": "PD-CLM, whitespace patches",
+    "byte": "byte transformer",
+    "bpe": "BPE transformer",
+}
+
+
+def machine() -> str:
+    return f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def stamp(result: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """What every bench JSON records about how it was made."""
+    return {
+        "command": "pdclm " + " ".join(sys.argv[1:]) if "pdclm" in sys.argv[0] else None,
+        "preset": cfg.preset,
+        "machine": machine(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **result,
+    }
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (benches run without a screen)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def run_spawned(name: str, target: Callable[..., None], *args: Any) -> Any:
+    """``target(*args, queue)`` in a fresh process, so its peak RSS is its own; returns what it
+    puts on the queue, or raises a clear error if the child dies before it does."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(
+                    f"bench: training '{name}' failed (exit code {proc.exitcode})"
+                ) from None
+    proc.join()
+    return result
+
+
+def publish(out_dir: Path, which: list[str], preset: str, to: str | None) -> dict[str, Any]:
+    """The claims table of every bench JSON in ``out_dir`` (``claims.md``, ``claims.json``),
+    printed; with ``to``, each bench's JSON and PNG copied there as ``<bench>_<preset>.*``."""
+    if to:
+        dest = Path(to)
+        dest.mkdir(parents=True, exist_ok=True)
+        for w in which:
+            for ext in ("json", "png"):
+                src = out_dir / f"bench_{w}.{ext}"
+                if src.exists():
+                    shutil.copyfile(src, dest / f"{w}_{preset}.{ext}")
+    collected = claims.collect(None, Path(to) if to else out_dir)
+    write_json_atomic(out_dir / "claims.json", collected)
+    text = claims.markdown(collected)
+    (out_dir / "claims.md").write_text(text)
+    if to:
+        (Path(to) / f"claims_{preset}.md").write_text(text)
+    print(text)
+    return collected
