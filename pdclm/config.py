@@ -128,10 +128,13 @@ class LatentConfig:
 
 @dataclass
 class DecoderConfig:
-    """Local byte decoder; attends within the current patch (dim = encoder dim)."""
+    """Local byte decoder (dim = encoder dim)."""
 
     layers: int = 2
     heads: int = 4
+    window: int = 0
+    """Bytes each decoder position attends to, across patch boundaries (a decoder that reaches
+    earlier bytes can copy from the question); 0: only the earlier bytes of its own patch."""
 
 
 @dataclass
@@ -627,6 +630,7 @@ def validate(cfg: Config) -> None:
         enc.dim % cfg.model.decoder.heads == 0,
         "pse.encoder.dim must be divisible by model.decoder.heads",
     )
+    need(cfg.model.decoder.window >= 0, "model.decoder.window must be >= 0 (0: within a patch)")
     mem = cfg.model.memory
     if mem.enabled:
         need(mem.router in ("learned", "equal"), "model.memory.router must be learned or equal")

@@ -75,6 +75,9 @@ class MemoryState:
     prev_x: Tensor | None = None  # (B, D) memory-layer input at the last patch
     prev_z: Tensor | None = None  # (B, D) latent output of the last patch
     dec_last: Tensor | None = None  # (B, d) decoder input of the last position
+    dec_k: list[Tensor] = field(default_factory=list)  # per decoder layer (B, h, W, hd), when
+    dec_v: list[Tensor] = field(default_factory=list)  # the decoder's window crosses patches
+    dec_valid: Tensor | None = None  # (B, W)
     slots: Tensor | None = None  # (B, M, D)
     lsm: LongTermStore | None = None
 
@@ -84,8 +87,8 @@ class MemoryState:
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.detach())
-        self.lat_k = [t.detach() for t in self.lat_k]
-        self.lat_v = [t.detach() for t in self.lat_v]
+        for name in ("lat_k", "lat_v", "dec_k", "dec_v"):
+            setattr(self, name, [t.detach() for t in getattr(self, name)])
         if self.lsm is not None:
             self.lsm.detach()
         return self
@@ -93,12 +96,12 @@ class MemoryState:
     def select(self, rows: Tensor) -> None:
         """Keep only these rows (finished sequences leave the batch)."""
         names = ("npatch", "tail", "tail_entropy", "lat_valid", "prev_x", "prev_z", "dec_last")
-        for name in (*names, "slots"):
+        for name in (*names, "dec_valid", "slots"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t[rows.to(t.device)])
-        self.lat_k = [t[rows] for t in self.lat_k]
-        self.lat_v = [t[rows] for t in self.lat_v]
+        for name in ("lat_k", "lat_v", "dec_k", "dec_v"):
+            setattr(self, name, [t[rows] for t in getattr(self, name)])
         if self.lsm is not None:
             self.lsm.select(rows)
         self.batch = len(rows)

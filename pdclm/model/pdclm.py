@@ -4,12 +4,13 @@
                                                                                   │
                             latent transformer over patch vectors (causal across patches)
                                                                                   │
-    next-symbol logits ◄── local decoder (within the current patch) ◄── latent state of the
-                                                                        patches before it
+    next-symbol logits ◄── local decoder (byte window) ◄── latent state of the patches before it
 
 Symbol t is predicted from (a) the encoder state of symbol t-1, (b) the latent state of the
-last patch that ended before t, and (c) attention over the earlier symbols of t's own patch.
-Because a patch start at t depends only on symbols before t, no output ever sees the future.
+last patch that ended before t, and (c) attention over earlier symbols: those of t's own patch
+(``model.decoder.window`` 0), or the last ``window`` symbols across patch boundaries, so the
+decoder can copy bytes the patch vectors did not carry. Because a patch start at t depends
+only on symbols before t, no output ever sees the future.
 """
 
 from __future__ import annotations
@@ -52,8 +53,13 @@ class PDCLM(nn.Module):
         self.latent = Stack(D, cfg.latent.heads, cfg.latent.layers, cfg.mlp_ratio)
         self.bos_latent = nn.Parameter(torch.zeros(D))
         self.from_latent = nn.Linear(D, d, bias=False)
+        self.decoder_crosses_patches = cfg.decoder.window > 0
         self.decoder = Stack(
-            d, cfg.decoder.heads, cfg.decoder.layers, cfg.mlp_ratio, window=pse.patcher.max_len
+            d,
+            cfg.decoder.heads,
+            cfg.decoder.layers,
+            cfg.mlp_ratio,
+            window=cfg.decoder.window or pse.patcher.max_len,
         )
         self.head = nn.Linear(d, VOCAB_SIZE, bias=False)
         init_weights(self)
@@ -98,7 +104,7 @@ class PDCLM(nn.Module):
         z = self.latent(self.patch_vectors(h, in_pid, n_patches))  # (B, P, D)
         target_pid = pid[:, 1:]  # the latent of patch p-1 serves the symbols of patch p
         x = self.decoder_input(h, z, self.bos_latent.expand(B, -1), target_pid)
-        return self.decoder(x, seg=target_pid)
+        return self.decoder(x, seg=None if self.decoder_crosses_patches else target_pid)
 
     # The two steps around the latent that the plain forward above and the memory-enabled
     # one (:func:`~pdclm.model.segments.segment_forward`) share.
@@ -291,5 +297,6 @@ class Stream:
             )
             self.ctx[closing] = m.from_latent(z).to(self.ctx.dtype)
         self.n_patches = self.n_patches + self.start_now.long()  # patch id of position i+1
-        out = m.decoder(h + self.ctx, pos, self.n_patches[:, None], caches=self.dec_caches)
+        seg = None if m.decoder_crosses_patches else self.n_patches[:, None]
+        out = m.decoder(h + self.ctx, pos, seg, caches=self.dec_caches)
         return m.head(out)[:, -1]

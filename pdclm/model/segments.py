@@ -41,7 +41,18 @@ from pdclm.memory.hmr import (
 from pdclm.memory.phases import phase_ends
 from pdclm.pse.patcher import boundary_candidates, cap_starts, padded_patch_count
 
-STATE_TENSORS = ("tail", "tail_entropy", "lat_valid", "prev_x", "prev_z", "dec_last", "slots")
+STATE_TENSORS = (
+    "tail",
+    "tail_entropy",
+    "lat_valid",
+    "prev_x",
+    "prev_z",
+    "dec_last",
+    "dec_valid",
+    "slots",
+)
+LAYER_LISTS = ("lat_k", "lat_v", "dec_k", "dec_v")
+"""Per-layer carried keys/values, saved as ``<name>.<layer>``."""
 
 
 def context_len(model) -> int:
@@ -105,7 +116,12 @@ def segment_forward(
     prev_z = model.bos_latent.expand(B, -1) if state.prev_z is None else state.prev_z
     target_pid = pid[:, 1:]
     dec_in = model.decoder_input(h, z, prev_z, target_pid)
-    if state.dec_last is None:
+    dec_windows = None
+    if model.decoder_crosses_patches:  # carry each decoder layer's window of keys/values
+        dec_windows = decoder_windows(model, state, B, T, x.device)
+        positions = state.pos + torch.arange(T, device=x.device)  # absolute: carried keys
+        out = model.decoder(dec_in, positions, caches=dec_windows)  # keep their rotation
+    elif state.dec_last is None:
         out = model.decoder(dec_in, seg=target_pid)
     else:  # the previous segment's last position predicted this segment's first symbol: it
         # belongs to this segment's first patch, so the decoder sees it again
@@ -126,8 +142,29 @@ def segment_forward(
         state.prev_z = z.gather(1, (n_real - 1)[:, None, None].expand(-1, 1, z.shape[-1]))[:, 0]
         commit_writes(state, writes, n_real)
         state.dec_last = dec_in[:, -1]
+        if dec_windows is not None:
+            state.dec_k = [w.k for w in dec_windows]
+            state.dec_v = [w.v for w in dec_windows]
+            state.dec_valid = dec_windows[0].valid
         state.npatch = state.npatch + n_real
     return out, stats
+
+
+def decoder_windows(model, state: MemoryState, batch: int, length: int, device: torch.device):
+    """One :class:`CarriedWindow` per decoder block for a segment of ``length`` positions,
+    holding the last ``model.decoder.window`` positions' keys/values from the segments before
+    (empty at the start)."""
+    dec = model.decoder
+    W, H = dec.window, dec.blocks[0].attn.heads
+    n_real = torch.full((batch,), length, dtype=torch.long, device=device)  # every byte is real
+    if state.dec_valid is None:
+        empty = torch.zeros(batch, H, W, dec.head_dim, device=device)
+        valid = torch.zeros(batch, W, dtype=torch.bool, device=device)
+        return [CarriedWindow(empty, empty, valid, n_real) for _ in dec.blocks]
+    return [
+        CarriedWindow(k, v, state.dec_valid, n_real)
+        for k, v in zip(state.dec_k, state.dec_v, strict=True)
+    ]
 
 
 def stream_features(model, tokens: Tensor, entropy: Tensor | None = None) -> Tensor:
@@ -220,8 +257,9 @@ class MemoryStream:
         for name in STATE_TENSORS:
             if getattr(st, name) is not None:
                 t[name] = getattr(st, name)
-        for i, (k, v) in enumerate(zip(st.lat_k, st.lat_v, strict=True)):
-            t[f"lat_k.{i}"], t[f"lat_v.{i}"] = k, v
+        for name in LAYER_LISTS:
+            for i, layer in enumerate(getattr(st, name)):
+                t[f"{name}.{i}"] = layer
         if st.lsm is not None:
             t.update(st.lsm.tensors())
         tmp = folder / "memory.safetensors.tmp"
@@ -230,7 +268,7 @@ class MemoryStream:
         meta = {
             "pos": st.pos,
             "batch": st.batch,
-            "layers": len(st.lat_k),
+            "layers": {name: len(getattr(st, name)) for name in LAYER_LISTS},
             "next_id": st.lsm.next_id if st.lsm is not None else 0,
             "config": _fingerprint(self.model),
             "stored_phases": st.lsm.counts().tolist() if st.lsm is not None else [],
@@ -255,8 +293,11 @@ class MemoryStream:
         st.pos, st.npatch = meta["pos"], t["npatch"]
         for name in STATE_TENSORS:
             setattr(st, name, t.get(name))
-        st.lat_k = [t[f"lat_k.{i}"] for i in range(meta["layers"])]
-        st.lat_v = [t[f"lat_v.{i}"] for i in range(meta["layers"])]
+        layers = meta["layers"]
+        if isinstance(layers, int):  # saved before the decoder could carry a window
+            layers = {"lat_k": layers, "lat_v": layers}
+        for name, n in layers.items():
+            setattr(st, name, [t[f"{name}.{i}"] for i in range(n)])
         if st.lsm is not None:
             st.lsm.load_tensors(t, meta["next_id"])
         stream.pending, stream.ctx = t["pending"], t["ctx"]
