@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -73,7 +74,13 @@ def test_run_leaves_a_complete_run_folder(tiny_run: Path):
     assert p1["val_bpb"] < p1["val_bpb_initial"] - 0.5, "validation bits per byte did not drop"
     assert 2.5 < p1["patcher"]["mean_len"] < 7.0
     md = (tiny_run / "report.md").read_text()
-    assert f"{p1['val_bpb']:.4g}" in md  # every report.json figure is in report.md
+    assert f"{p1['val_bpb']:.4g}" in md  # the headline figures are in report.md
+    # written for a person: a page or two, no dotted keys (those are report.json's), the plots
+    # inline and every one of them in the run folder
+    assert len(md.splitlines()) < 150 and "phase1.tasks." not in md
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert "phase2_accuracy_vs_budget.png" in links
+    assert all((tiny_run / f).exists() for f in links), links
     p2 = report["phase2"]
     for phase in (p1, p2):  # held-out accuracy per phase and task, beside the constant answer
         for name in report["config"]["tasks"]["names"]:

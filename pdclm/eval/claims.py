@@ -21,6 +21,9 @@ from typing import Any
 
 VERDICTS = ("holds", "does not hold", "not measurable at this size")
 
+RUN_SOURCE = "this run"
+"""How a row measured by the run itself names its source (it then says which measurement)."""
+
 CLAIMS = {
     "speed": "No tokenizer: 15-25 % faster training",
     "memory": "Pattern stream: ~10 % less memory",
@@ -100,7 +103,7 @@ def run_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     p3 = report.get("phase3")
     if isinstance(p3, dict) and p3.get("robustness"):
-        rows.append(robustness_row(p3["robustness"], "this run (Phase 3 robustness)"))
+        rows.append(robustness_row(p3["robustness"], f"{RUN_SOURCE} (Phase 3 robustness)"))
     return rows
 
 
@@ -156,6 +159,43 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def split(rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """The run's own rows and the rest (saved benchmarks, and placeholders for a claim nobody
+    measured), each in table order."""
+    ours = [r for r in rows if str(r.get("source", "")).startswith(RUN_SOURCE)]
+    return ours, [r for r in rows if r not in ours]
+
+
+def short_source(r: dict[str, Any]) -> str:
+    """A row's source in a few words: ``this run``, or the saved file's name."""
+    source = str(r.get("source", ""))
+    if source.startswith(RUN_SOURCE):
+        return RUN_SOURCE
+    return Path(source.split(" (", 1)[0]).name or "-"
+
+
+def one_per_claim(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per claim, in order: the first row's figures, with any other rows that
+    measured the claim under ``also`` (the table names their sources and verdicts in the
+    first row's source cell rather than giving them rows of their own)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["claim"] in out:
+            out[r["claim"]]["also"].append(r)
+        else:
+            out[r["claim"]] = {**r, "also": []}
+    return list(out.values())
+
+
+def source_cell(r: dict[str, Any]) -> str:
+    """A row's source, then every other source in ``also`` with its verdict and ratio."""
+    cell = str(r.get("source", ""))
+    for o in r.get("also", []):
+        ratio = "" if o.get("ratio") is None else f" x{o['ratio']:.2f}"
+        cell += f"; also {o['source']}: {o['verdict']}{ratio}"
+    return cell
+
+
 def table(rows: list[dict[str, Any]], first: str = "claim") -> str:
     lines = [
         f"| {first} | measure | PD-CLM | baseline | ratio | verdict | source |",
@@ -170,14 +210,28 @@ def table(rows: list[dict[str, Any]], first: str = "claim") -> str:
             _fmt(r.get("baseline")),
             ratio,
             f"**{r['verdict']}**",
-            r.get("source", ""),
+            source_cell(r),
         ]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
 
 
 def markdown(collected: dict[str, list[dict]]) -> str:
-    out = ["## Claims", "", table(collected["claims"]), ""]
+    """The claims measured by this run first, in a table of their own; then one row per
+    claim from the saved benchmarks, each naming its file; then the benchmarks' goals."""
+    ours, saved = split(collected["claims"])
+    out = [
+        "## Claims",
+        "",
+        "Each design claim beside the number that tests it and a verdict. Rows under *Saved "
+        "benchmarks* come from earlier `pdclm bench` results and name their file.",
+        "",
+    ]
+    if ours:
+        out += ["### Measured by this run", "", table(one_per_claim(ours)), ""]
+    if saved:
+        out += ["### Saved benchmarks", "", table(one_per_claim(saved)), ""]
     if collected.get("goals"):
-        out += ["## Benchmark goals", "", table(collected["goals"], "goal"), ""]
+        out += ["## Benchmark goals", "", "From saved benchmark results.", ""]
+        out += [table(collected["goals"], "goal"), ""]
     return "\n".join(out)

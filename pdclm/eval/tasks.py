@@ -8,6 +8,7 @@ samples flag wrong answers).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -190,8 +191,22 @@ def source_separation(
     }
 
 
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % (z = 1.96) Wilson score interval of an accuracy measured on ``n`` items: at the
+    few dozen items a task gets, it stays inside [0, 1] and is not zero-width at 0 or 1, as the
+    normal approximation is. ``(0, 1)`` when there are no items."""
+    if n <= 0:
+        return 0.0, 1.0
+    z2 = z * z
+    centre = (accuracy + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(accuracy * (1 - accuracy) / n + z2 / (4 * n * n))
+    return max(0.0, min(accuracy, centre - half)), min(1.0, max(accuracy, centre + half))
+
+
 def plot_task_accuracy(by_phase: dict[str, dict[str, Any]], path: Path) -> Path:
-    """Held-out accuracy per task for each phase, with the best constant answer marked."""
+    """Held-out accuracy per task, one row per task so that every name reads horizontally:
+    each phase a dot with its 95 % Wilson interval (an accuracy of 0 on a few items is a dot
+    at 0 with a visible interval, not a missing bar), the best constant answer a black bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,20 +214,59 @@ def plot_task_accuracy(by_phase: dict[str, dict[str, Any]], path: Path) -> Path:
 
     phases = {k: v for k, v in by_phase.items() if v}
     names = list(next(iter(phases.values())))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(names)), 4.0))
-    width = 0.8 / max(1, len(phases))
+    colours = plt.get_cmap("tab10").colors
+    fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.42 * len(names)))
+    spread = 0.5 / max(1, len(phases))
     for j, (label, tasks) in enumerate(phases.items()):
-        xs = [i + j * width for i in range(len(names))]
-        ax.bar(xs, [tasks[n]["accuracy"] for n in names], width, label=label)
+        ys, accs, lows, highs = [], [], [], []
+        for i, name in enumerate(names):
+            if name not in tasks:
+                continue
+            acc, n = tasks[name]["accuracy"], int(tasks[name].get("n", 0))
+            lo, hi = wilson_interval(acc, n)
+            ys.append(i + (j - (len(phases) - 1) / 2) * spread)
+            accs.append(acc)
+            lows.append(acc - lo)
+            highs.append(hi - acc)
+        ax.errorbar(
+            accs,
+            ys,
+            xerr=[lows, highs],
+            fmt="o",
+            ms=5,
+            capsize=2,
+            lw=1.2,
+            color=colours[j % len(colours)],
+            label=label,
+            zorder=3,
+        )
     last = list(phases.values())[-1]
-    for i, n in enumerate(names):
-        ax.hlines(last[n]["constant_baseline"], i - width / 2, i + 0.8 - width / 2, colors="k")
-    ax.plot([], [], "k-", label="best constant answer")
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
-    ax.set_xticklabels(names, rotation=35, ha="right")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    consts = [last[n]["constant_baseline"] if n in last else math.nan for n in names]
+    ax.scatter(
+        consts,
+        range(len(names)),
+        marker="|",
+        s=300,
+        c="k",
+        lw=2,
+        label="best constant answer",
+        zorder=2,
+    )
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names)
+    ax.set_ylim(len(names) - 0.5, -0.5)  # first task on top, as in the report's table
+    for i in range(1, len(names)):
+        ax.axhline(i - 0.5, color="0.9", lw=0.8)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("held-out accuracy (dot) with its 95 % Wilson interval")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(
+        fontsize=8,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=len(phases) + 1,
+        frameon=False,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -220,25 +274,44 @@ def plot_task_accuracy(by_phase: dict[str, dict[str, Any]], path: Path) -> Path:
 
 
 def plot_budget_sweep(sweep: dict[str, dict[str, float]], path: Path) -> Path:
-    """Accuracy against the thinking-step budget: one line per task, the mean in bold."""
+    """Accuracy by thinking-step budget as a heat map, one row per task and the mean of all
+    tasks in the last row: a dozen tasks read at a glance, each cell labelled with its value,
+    where a dozen overlapping lines would reuse colours."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    names = list(sweep)
     budgets = sorted({int(b) for accs in sweep.values() for b in accs})
-    for name, accs in sweep.items():
-        ax.plot(budgets, [accs[str(b)] for b in budgets], alpha=0.5, lw=1, label=name)
-    mean = [sum(a[str(b)] for a in sweep.values()) / len(sweep) for b in budgets]
-    ax.plot(budgets, mean, "k-o", lw=2.5, label="mean")
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xticks(budgets)
+    grid = [[sweep[n].get(str(b), math.nan) for b in budgets] for n in names]
+    columns = [[row[k] for row in grid if not math.isnan(row[k])] for k in range(len(budgets))]
+    grid.append([sum(c) / len(c) if c else math.nan for c in columns])
+    labels = [*names, "mean of all tasks"]
+    fig, ax = plt.subplots(figsize=(2.6 + 0.9 * len(budgets), 1.2 + 0.36 * len(labels)))
+    image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for i, row in enumerate(grid):
+        for k, v in enumerate(row):
+            if not math.isnan(v):
+                ax.text(
+                    k,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="k" if v > 0.6 else "w",
+                    weight="bold" if i == len(names) else None,
+                )
+    ax.axhline(len(names) - 0.5, color="w", lw=3)
+    ax.set_xticks(range(len(budgets)))
     ax.set_xticklabels([str(b) for b in budgets])
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels)
+    ax.get_yticklabels()[-1].set_fontweight("bold")
     ax.set_xlabel("thinking budget (steps)")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("held-out accuracy by thinking budget", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03, label="accuracy")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
