@@ -1,26 +1,29 @@
-"""The ``pdclm`` command.
+r"""pdclm: train and use PD-CLM, a tokenizer-free byte-level language model.
 
-    pdclm run       [--preset cpu] [--out DIR] [--resume DIR]      all phases, report, plots
-    pdclm prepare   [--data.sources PATH ...] [--data.dir DIR]     ingest into byte shards
-    pdclm train     pretrain|cognitive [--out DIR] [--resume DIR]  one phase
-    pdclm pse       "some text" | --file F  [--ckpt RUN] [--plot out.png]
-    pdclm generate  --ckpt RUN "prompt" [--max-bytes 200] [--memory DIR]
-    pdclm solve     --ckpt RUN "question" [--think-budget 8] [--samples 3] [--context TEXT]
-    pdclm selfplay  --ckpt RUN [--episodes FILE]                   verified self-play episodes
-    pdclm eval      --ckpt RUN                                     held-out bits per byte
-    pdclm label     --ckpt RUN [--file F] [--from-verifier]        human verdicts, most useful first
-    pdclm bench     pretrain|generate|noise|scaling|all|rewards|human   vs baselines, claims
-    pdclm bench     memory [--preset tiny|cpu] --json FILE         memory tiers vs ablations
-    pdclm export    CKPT [--out DIR]                               checkpoint -> model folder
+usage: pdclm COMMAND [options]        pdclm COMMAND --help: that command's own options
 
-Every subcommand takes ``--preset NAME|FILE``, ``--out DIR``, ``--json FILE`` (results as JSON)
-and dotted config overrides such as ``--model.latent.layers=6`` or ``--train.steps=200``.
+    run       [--preset cpu] [--out DIR] [--resume DIR]      all phases, report, plots
+    prepare   [--data.sources PATH ...] [--data.dir DIR]     ingest text into byte shards
+    train     pretrain|cognitive|reflective [--out DIR] [--resume DIR]             one phase
+    pse       "some text" | --file F  [--ckpt RUN] [--plot out.png]
+    generate  "prompt" [--ckpt RUN] [--max-bytes 200] [--memory DIR]
+    solve     "question" [--ckpt RUN] [--think-budget 8] [--samples 3] [--context TEXT]
+    selfplay  [--ckpt RUN] [--episodes FILE]                   verified self-play episodes
+    eval      [--ckpt RUN] [--data FILE|DIR|-]                 bits per byte on any text
+    label     [--ckpt RUN] [--file F] [--from-verifier]        human verdicts, most useful first
+    bench     pretrain|generate|noise|scaling|all|rewards|human|memory|chars   vs baselines
+    export    CKPT [--out DIR]                                 checkpoint -> model folder
 
-One process (CPU, or the GPU when present): ``pdclm run --preset cpu`` (same as
-``python -m pdclm run --preset cpu``). ``run`` and ``train`` also run unchanged under
-``torchrun``, data-parallel with ``--train.parallel=ddp`` or sharded with ``fsdp`` (FSDP2);
-``train.batch`` is the global batch, rank 0 alone prints and writes the run folder, and
-checkpoints are sharded (``pdclm export`` makes one safetensors model of one):
+Every command takes --preset NAME|FILE (tiny, cpu, gpu, gpu-64 or a .toml/.json file),
+--json FILE (its results as JSON) and dotted config overrides such as
+--model.latent.layers=6 or --train.steps=200; pdclm COMMAND --help-config lists them all.
+pdclm --version prints the version.
+
+One process (CPU, or the GPU when present): pdclm run --preset cpu (same as
+python -m pdclm run --preset cpu). run and train also run unchanged under torchrun,
+data-parallel with --train.parallel=ddp or sharded with fsdp (FSDP2); train.batch is the
+global batch, rank 0 alone prints and writes the run folder, and checkpoints are sharded
+(pdclm export makes one safetensors model of one):
 
     torchrun --standalone --nproc_per_node=2 -m pdclm run --preset tiny --train.parallel=fsdp
     torchrun --standalone --nproc_per_node=8 -m pdclm run --preset gpu --train.parallel=ddp
@@ -33,20 +36,55 @@ checkpoints are sharded (``pdclm export`` makes one safetensors model of one):
 
 from __future__ import annotations
 
+import ast
 import codecs
+import contextlib
+import dataclasses
+import inspect
+import io
+import itertools
 import json
+import math
 import os
+import re
+import shutil
 import sys
+import textwrap
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tyro
 
-from pdclm import dist
-from pdclm.config import Config, ConfigError, load_preset, resolve, validate
+from pdclm.config import (
+    PHASES,
+    PRESET_DIR,
+    Config,
+    ConfigError,
+    load_preset,
+    resolve,
+    validate,
+)
 
 DEFAULT_PRESET = "cpu"
+
+
+class _LazyDist:
+    """``pdclm.dist`` on first use: it imports torch (about a second), which ``--help``,
+    ``--version`` and a mistyped command do without."""
+
+    def __getattr__(self, name: str) -> Any:
+        from pdclm import dist as module
+
+        return getattr(module, name)
+
+
+dist = _LazyDist()
+
+CKPT_DOC = "Run or model folder (default: the newest run under runs/)."
 
 
 @dataclass
@@ -66,6 +104,7 @@ class RunCmd(Common):
     resume: str | None = None
     """Resume this run folder from its last checkpoints."""
     progress: bool = True
+    """Progress bars (--no-progress: none)."""
 
 
 @dataclass
@@ -73,6 +112,7 @@ class PrepareCmd(Common):
     """Ingest files, folders, globs, .jsonl or stdin (-) into byte shards with a manifest."""
 
     progress: bool = True
+    """Progress bars (--no-progress: none)."""
 
 
 @dataclass
@@ -80,8 +120,11 @@ class TrainCmd(Common):
     """Run one phase in a run folder."""
 
     phase: tyro.conf.Positional[str] = "pretrain"
+    """The phase: pretrain, cognitive or reflective."""
     resume: str | None = None
+    """Resume this run folder from its last checkpoints."""
     progress: bool = True
+    """Progress bars (--no-progress: none)."""
 
 
 @dataclass
@@ -89,7 +132,9 @@ class PseCmd(Common):
     """Print the bit-entropy profile and the patches of a text."""
 
     text: tyro.conf.Positional[str | None] = None
+    """The text (or --file)."""
     file: str | None = None
+    """Read the text from this file."""
     ckpt: str | None = None
     """Run or model folder (default: the newest run under runs/)."""
     plot: str | None = None
@@ -101,11 +146,17 @@ class GenerateCmd(Common):
     """Stream bytes from a trained model (cached, incremental generation)."""
 
     prompt: tyro.conf.Positional[str] = ""
+    """The text to continue."""
     ckpt: str | None = None
+    """Run or model folder (default: the newest run under runs/)."""
     max_bytes: int = 200
+    """Most bytes generated (generation also stops at the end of a document)."""
     temperature: float = 0.8
+    """Sampling temperature (0: greedy)."""
     top_k: int = 0
+    """Sample among the k likeliest symbols (0: all)."""
     seed: int = 0
+    """Seed of the sampling."""
     memory: str | None = None
     """A model with memory: read its memory from this folder (if there) and save it back after,
     so the next process goes on from it."""
@@ -116,13 +167,17 @@ class SolveCmd(Common):
     """Think within a budget, answer, and show the Cognitive Control Module's verdicts."""
 
     question: tyro.conf.Positional[str] = ""
+    """The question."""
     ckpt: str | None = None
+    """Run or model folder (default: the newest run under runs/)."""
     think_budget: int = 8
     """Most thinking steps (lines) before the thinking is closed and the answer forced."""
     think_bytes: int = 256
+    """Most thinking bytes."""
     samples: int = 1
     """Several samples: their agreement is checked (the first is greedy)."""
     temperature: float = 0.8
+    """Sampling temperature of the samples after the first (0: greedy)."""
     context: str | None = None
     """Given context: also report how much the answer relies on it."""
     reflect: bool = False
@@ -130,6 +185,7 @@ class SolveCmd(Common):
     its threshold the thinking is resumed before the first doubtful step and resampled, for
     ``--rl.reflection.rounds`` rounds; every round is shown."""
     seed: int = 0
+    """Seed of the sampling."""
 
 
 @dataclass
@@ -139,9 +195,11 @@ class SelfplayCmd(Common):
     Sizes come from the ``cognitive`` config section (``--cognitive.proposals`` etc.)."""
 
     ckpt: str | None = None
+    """Run or model folder (default: the newest run under runs/)."""
     episodes: str | None = None
     """JSONL file for the verified episodes (default: RUN/selfplay.jsonl)."""
     seed: int = 0
+    """Seed of the sampling."""
     show: int = 3
     """Kept episodes to print."""
 
@@ -157,6 +215,7 @@ class LabelCmd(Common):
     file: str | None = None
     """Verdicts file (default: RUN/human_verdicts.jsonl); give it to prepare as human:FILE."""
     annotator: str = os.environ.get("USER", "annotator")
+    """Name recorded with each verdict."""
     limit: int | None = None
     """Stop after this many verdicts."""
     from_verifier: bool = False
@@ -164,14 +223,22 @@ class LabelCmd(Common):
     fresh: bool = False
     """Sample fresh episodes from the run's model even if it has Phase 3 rollouts."""
     seed: int = 0
+    """Seed of the sampling."""
 
 
 @dataclass
 class EvalCmd(Common):
-    """Held-out bits per byte of a trained model."""
+    """Bits per byte of a trained model on any text (--data), or on the held-out shards of
+    the run it was trained in."""
 
     ckpt: str | None = None
+    """Run or model folder (default: the newest run under runs/)."""
+    data: str | None = None
+    """Score this text: a file, a folder of text files (.jsonl: one document a line) or - for
+    stdin, each document read whole in windows of the model's train.seq_len (default: the
+    run's own validation shards)."""
     batches: int = 8
+    """Without --data: held-out batches of the run's validation shards."""
     memory: str | None = None
     """A model with memory: read the held-out batches as one stream (each row carrying its
     memory from batch to batch), starting from and saving to this folder."""
@@ -191,10 +258,14 @@ class BenchCmd(Common):
     """Benchmarks against baselines, measured in one run on this machine."""
 
     which: tyro.conf.Positional[
-        Literal["pretrain", "generate", "noise", "scaling", "all", "rewards", "human", "memory"]
+        Literal[
+            "pretrain", "generate", "noise", "scaling", "all", "rewards", "human", "memory", "chars"
+        ]
     ] = "pretrain"
     """``all``: pretrain, generate, noise and scaling in one folder (generate and noise
-    measure the models pretrain saved there)."""
+    measure the models pretrain saved there). ``chars``: character-level tasks (copy, spell,
+    reverse, ...) after equal fine-tuning of the PD-CLM, byte and BPE models pretrain saved
+    there (pretrain runs first if they are missing)."""
     ckpt: str | None = None
     """``rewards``: the run (or model folder) whose Phase 2 model both variants start from;
     ``noise``: a run whose model's task accuracy under noise is measured too;
@@ -220,13 +291,220 @@ COMMANDS: dict[str, type[Common]] = {
 DISTRIBUTED = ("run", "train")
 """The commands that run under ``torchrun``: the training entry points."""
 
+CONFIG_READ = {
+    "run": "all of it; most often --data.sources, --data.dir, --train.steps, --train.device, "
+    "--train.parallel, --phases",
+    "train": "all of it; most often --data.sources, --data.dir, --train.steps, --train.device, "
+    "--train.parallel",
+    "prepare": "--data.sources, --data.dir, --data.max-bytes, --data.val-fraction, "
+    "--data.jsonl-field, --data.shard-bytes",
+    "solve": "with --reflect: --rl.reflection.rounds, --rl.reflection.samples, "
+    "--rl.reflection.threshold",
+    "selfplay": "--cognitive.proposals, --cognitive.solver-samples, --cognitive.dialogue-items, "
+    "--cognitive.agents, --cognitive.temperature, --tasks.names, --tasks.think-steps, "
+    "--tasks.think-bytes, --train.bf16",
+    "label": "--human.questions, --human.samples, --rl.reflection.threshold, --tasks.names, "
+    "--tasks.think-steps, --tasks.think-bytes, --train.bf16",
+    "bench": "bench.* and the preset's data, pse, model and train sections; most often "
+    "--bench.seconds, --bench.models, --data.sources",
+}
+"""The config keys each command reads, for its --help (the others use the model's own)."""
+
+ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "max_bytes": (lambda v: v >= 1, ">= 1"),
+    "temperature": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0: greedy)"),
+    "top_k": (lambda v: v >= 0, ">= 0 (0: all symbols)"),
+    "think_budget": (lambda v: v >= 0, ">= 0"),
+    "think_bytes": (lambda v: v >= 1, ">= 1"),
+    "samples": (lambda v: v >= 1, ">= 1"),
+    "batches": (lambda v: v >= 1, ">= 1"),
+    "show": (lambda v: v >= 0, ">= 0"),
+    "limit": (lambda v: v is None or v >= 0, ">= 0"),
+}
+"""Ranges of the commands' own numeric options, by field name (one meaning in every command);
+the config's own keys are checked by ``config.validate``."""
+
+METAVARS = {
+    "ckpt": "RUN",
+    "out": "DIR",
+    "resume": "DIR",
+    "memory": "DIR",
+    "publish": "DIR",
+    "json": "FILE",
+    "file": "FILE",
+    "episodes": "FILE",
+    "data": "FILE|DIR|-",
+    "plot": "PNG",
+    "context": "TEXT",
+    "annotator": "NAME",
+}
+
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`]+)`|``([^`]*)``")
+
+
+def plain(text: str) -> str:
+    """``text`` without reST markup (double backquotes, :func:`roles`): help is read in a
+    terminal, not rendered."""
+
+    def strip(m: re.Match[str]) -> str:
+        if m.group(3) is not None:
+            return m.group(3)
+        return m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2)
+
+    return _ROLE.sub(strip, text)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstrings under the fields of ``cls`` and of its bases in this module, by name."""
+    classes = {
+        n.name: n for n in ast.parse(Path(__file__).read_text()).body if isinstance(n, ast.ClassDef)
+    }
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        node = classes.get(klass.__name__) if klass.__module__ == __name__ else None
+        for a, b in itertools.pairwise(node.body if node else []):
+            if (
+                isinstance(a, ast.AnnAssign)
+                and isinstance(a.target, ast.Name)
+                and isinstance(b, ast.Expr)
+                and isinstance(b.value, ast.Constant)
+                and isinstance(b.value.value, str)
+            ):
+                docs[a.target.id] = b.value.value
+    return docs
+
+
+def config_keys(obj: Any = None, where: str = "") -> list[str]:
+    """Every dotted config key, as ``--help-config`` lists them."""
+    obj = Config() if obj is None else obj
+    keys = []
+    for f in dataclasses.fields(obj):
+        key, value = f"{where}.{f.name}" if where else f.name, getattr(obj, f.name)
+        keys += config_keys(value, key) if dataclasses.is_dataclass(value) else [key]
+    return keys
+
+
+WRAP = {"break_on_hyphens": False, "break_long_words": False}
+"""Flags such as --help-config stay whole when help text is wrapped."""
+
+
+def _row(head: str, doc: str, width: int) -> list[str]:
+    """One option: its flag in a column, its text wrapped beside it (below it if long)."""
+    pad = " " * 26
+    if not doc:
+        return [f"  {head}"]
+    if len(head) <= 22:
+        return textwrap.wrap(f"  {head:<22}  {doc}", width, subsequent_indent=pad, **WRAP)
+    return [
+        f"  {head}",
+        *textwrap.wrap(doc, width, initial_indent=pad, subsequent_indent=pad, **WRAP),
+    ]
+
+
+def command_help(name: str, cls: type[Common]) -> str:
+    """A command's own options, then one paragraph on the config keys: short enough to read
+    (``--help-config`` has every key)."""
+    width = max(60, min(100, shutil.get_terminal_size((80, 24)).columns))
+    docs, hints = field_docs(cls), typing.get_type_hints(cls, include_extras=True)
+    own = [f for f in dataclasses.fields(cls) if f.name not in ("config", "out", "json")]
+    common = [f for f in dataclasses.fields(cls) if f.name in ("out", "json")]
+    positional, options = [], []
+    for f in own + common:
+        hint = hints[f.name]
+        if typing.get_origin(hint) is Annotated:
+            hint = typing.get_args(hint)[0]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kinds = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+        flag, default = f"--{f.name.replace('_', '-')}", f.default
+        doc = " ".join(plain(docs.get(f.name, "")).split())
+        if "Positional" in str(f.type):
+            if typing.get_origin(kinds[0]) is Literal:
+                meta = "|".join(typing.get_args(kinds[0]))
+            else:
+                meta = "|".join(PHASES) if f.name == "phase" else f.name.upper()
+            positional.append((f"[{meta}]", doc + (f" (default: {default})" if default else "")))
+        elif kinds[0] is bool:
+            options.append((f"{flag}, --no-{flag[2:]}" if default else flag, doc))
+        else:
+            meta = METAVARS.get(f.name, {int: "N", float: "X"}.get(kinds[0], "TEXT"))
+            shown = f" (default: {default})" if default not in (None, "") else ""
+            options.append((f"{flag} {meta}", doc + shown))
+    keys = len(config_keys())
+    presets = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
+    options += [
+        ("--preset NAME|FILE", f"{presets} or a .toml/.json file (default: {DEFAULT_PRESET})."),
+        ("-h, --help", "This help."),
+        ("--help-config", f"Every config key ({keys}) with this preset's defaults."),
+    ]
+    read = CONFIG_READ.get(name, "none (the model folder's own config applies)")
+    lines = [
+        f"usage: pdclm {name} " + " ".join(p for p, _ in positional) + " [options]",
+        "",
+        textwrap.fill(" ".join(plain(cls.__doc__ or "").split()), width, **WRAP),
+    ]
+    for title, rows in (("arguments", positional), ("options", options)):
+        if rows:
+            lines += ["", f"{title}:"]
+        for head, doc in rows:
+            lines += _row(head, doc, width)
+    lines += [
+        "",
+        textwrap.fill(
+            f"config keys: --preset and dotted overrides such as --train.steps=200; "
+            f"read by {name}: {read}. pdclm {name} --help-config shows all {keys} keys.",
+            width,
+            **WRAP,
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def config_help(name: str, cls: type[Common], preset: str) -> str:
+    """tyro's full help (every config key with the preset's defaults), markup stripped."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
+        tyro.cli(
+            cls,
+            default=cls(config=load_preset(preset)),
+            args=["--help"],
+            prog=f"pdclm {name}",
+            description=plain(inspect.cleandoc(cls.__doc__ or "")),
+        )
+    return plain(buf.getvalue()).rstrip()
+
+
+def version() -> str:
+    """The installed package's version (pyproject.toml's)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("pdclm")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def check_args(args: Common) -> None:
+    """The command's own options within :data:`ARG_RULES`, else a ConfigError naming the flag."""
+    for f in dataclasses.fields(args):
+        rule, value = ARG_RULES.get(f.name), getattr(args, f.name)
+        if rule is not None and not rule[0](value):
+            raise ConfigError(f"--{f.name.replace('_', '-')} must be {rule[1]}; got {value}")
+
 
 def parse(argv: list[str]) -> tuple[str, Common]:
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(__doc__)
-        if argv and argv[0] not in ("-h", "--help"):
-            raise ConfigError(f"unknown command '{argv[0]}' (commands: {', '.join(COMMANDS)})")
+    """The command and its arguments, config validated and resolved. Help, --version and a
+    wrong command name end here, before anything imports torch."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print((__doc__ or "").strip())
         raise SystemExit(0)
+    if argv[0] == "--version":
+        print(f"pdclm {version()}")
+        raise SystemExit(0)
+    if argv[0] not in COMMANDS:
+        raise ConfigError(
+            f"unknown command '{argv[0]}' (commands: {', '.join(COMMANDS)}; see pdclm --help)"
+        )
     name, rest = argv[0], argv[1:]
     preset = DEFAULT_PRESET
     for i, a in enumerate(rest):  # the preset decides the defaults the overrides apply to
@@ -235,22 +513,50 @@ def parse(argv: list[str]) -> tuple[str, Common]:
         elif a.startswith("--preset="):
             preset = a.split("=", 1)[1]
     cls = COMMANDS[name]
+    if "--help-config" in rest:
+        print(config_help(name, cls, preset))
+        raise SystemExit(0)
+    if "-h" in rest or "--help" in rest:
+        print(command_help(name, cls))
+        raise SystemExit(0)
     args = tyro.cli(
         cls,
-        default=cls(config=load_preset(preset)),
+        default=cls(config=base_config(name, rest, preset)),
         args=rest,
         prog=f"pdclm {name}",
-        description=cls.__doc__,
+        description=plain(inspect.cleandoc(cls.__doc__ or "")),
     )
     validate(args.config)
+    check_args(args)
     resolve(args.config)
     return name, args
 
 
 def write_json(path: str | None, obj: Any) -> None:
+    from pdclm.io import atomic_write
+
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(obj, indent=2, default=str))
+        atomic_write(Path(path), json.dumps(obj, indent=2, default=str).encode())
+
+
+def base_config(name: str, rest: list[str], preset: str) -> Config:
+    """What the command line's flags apply to: with ``--resume RUN`` (``run``, ``train``) the
+    run's own config.json, so a resume needs no ``--preset`` (flags that differ from it are
+    refused by :func:`pdclm.pipeline.check_resume`); else the preset."""
+    run = None
+    for i, a in enumerate(rest):
+        if a == "--resume" and i + 1 < len(rest):
+            run = rest[i + 1]
+        elif a.startswith("--resume="):
+            run = a.split("=", 1)[1]
+    if name in DISTRIBUTED and run:
+        from pdclm.pipeline import run_config
+
+        saved = run_config(Path(run))  # refuses a folder that is not a run
+        if saved is not None:
+            return saved
+    return load_preset(preset)
 
 
 def cmd_run(args: RunCmd, only: list[str] | None = None) -> dict:
@@ -260,6 +566,8 @@ def cmd_run(args: RunCmd, only: list[str] | None = None) -> dict:
     run_dir = Path(args.resume) if args.resume else dist.broadcast(new_run_dir(args.out))
     if args.resume and not run_dir.is_dir():
         raise FileNotFoundError(f"--resume: no such run folder {run_dir}")
+    if args.resume and args.out and Path(args.out).resolve() != run_dir.resolve():
+        raise ConfigError(f"--out {args.out} and --resume {run_dir}: a resume goes on in its run")
     report = run_phases(
         args.config, run_dir, resume=bool(args.resume), progress=args.progress, only=only
     )
@@ -271,9 +579,11 @@ def cmd_run(args: RunCmd, only: list[str] | None = None) -> dict:
 def cmd_prepare(args: PrepareCmd) -> dict:
     from pdclm.data.ingest import prepare
 
-    manifest = prepare(args.config.data, progress=args.progress)
+    cfg = args.config
+    manifest = prepare(cfg.data, progress=args.progress, seq_len=cfg.train.seq_len)
     for split, t in manifest["totals"].items():
-        print(f"{split}: {t['docs']} documents, {t['bytes']:,} bytes")
+        pieces = f" ({t['pieces']} pieces)" if t["pieces"] != t["docs"] else ""
+        print(f"{split}: {t['docs']} documents{pieces}, {t['bytes']:,} bytes")
     print(f"shards in {args.config.data.dir}")
     if "human" in manifest:
         h = manifest["human"]
@@ -519,15 +829,103 @@ def cmd_selfplay(args: SelfplayCmd) -> dict:
 
 
 def cmd_eval(args: EvalCmd) -> dict:
+    from pdclm.model.io import find_model_dir, load_model
+
+    folder = find_model_dir(args.ckpt)
+    model, cfg = load_model(folder)
+    if args.data is not None:
+        if args.memory is not None:
+            raise ConfigError(
+                "--memory carries a memory over the run's held-out shards; give --data or "
+                "--memory, not both"
+            )
+        return eval_text(model, cfg, args.data)
+    return eval_shards(model, cfg, run_shards(cfg.data.dir, folder), args)
+
+
+def run_shards(data_dir: str, model_dir: Path) -> Path:
+    """The shard folder a model was trained on. Configs saved now name it absolute; an older
+    run's relative one is looked for from here and from the folders above the model."""
+    from pdclm.data.ingest import MANIFEST
+
+    p = Path(data_dir)
+    tries = (
+        [p] if p.is_absolute() else [Path.cwd() / p, *(d / p for d in model_dir.resolve().parents)]
+    )
+    for cand in tries:
+        if (cand / MANIFEST).is_file():
+            return cand
+    raise FileNotFoundError(
+        f"the shards the model was trained on ({data_dir}) are not there; score other text "
+        "with --data FILE|DIR|-"
+    )
+
+
+def eval_text(model, cfg: Config, source: str) -> dict:
+    """Bits per byte of ``model`` on the text of ``source`` (a file, a folder or ``-``), read
+    as ``prepare`` reads it: each document ``[BOS, *bytes, EOS]``, in windows of the model's
+    ``train.seq_len`` that predict each byte once. The model computes its own entropy profile,
+    and so its patches, from the text, as in generation."""
+    import numpy as np
+    import torch
+
+    from pdclm.data.ingest import DataError, resolve_sources
+    from pdclm.model.pdclm import next_symbol_loss
+    from pdclm.vocab import BOS, EOS
+
+    n, rows = cfg.train.seq_len, cfg.train.batch
+    total = {"bits": 0.0, "bytes": 0, "documents": 0}
+    full: list[np.ndarray] = []
+
+    def score(windows: list[np.ndarray]) -> None:
+        t = torch.from_numpy(np.stack(windows))
+        k = int((t[:, 1:] < 256).sum())  # byte targets (not the end-of-document symbol)
+        if k:
+            total["bits"] += float(next_symbol_loss(model(t), t[:, 1:])[1]) * k
+            total["bytes"] += k
+
+    with torch.no_grad():
+        for doc in resolve_sources([source], cfg.data.jsonl_field):
+            data = doc.read(None)  # the whole document
+            if not data:
+                continue
+            total["documents"] += 1
+            syms = np.concatenate([[BOS], np.frombuffer(data, np.uint8), [EOS]]).astype(np.int64)
+            for start in range(0, len(syms) - 1, n):  # windows overlap by one symbol
+                window = syms[start : start + n + 1]
+                if len(window) <= n:
+                    score([window])  # a document's last, shorter window: alone
+                    continue
+                full.append(window)
+                if len(full) == rows:
+                    score(full)
+                    full.clear()
+        if full:
+            score(full)
+    if not total["bytes"]:
+        raise DataError(f"--data {source}: no text to score (empty)")
+    result = {
+        "bpb": total["bits"] / total["bytes"],
+        "bytes": total["bytes"],
+        "documents": total["documents"],
+        "data": source,
+    }
+    print(
+        f"bits per byte: {result['bpb']:.4f} over {result['bytes']:,} bytes "
+        f"({result['documents']} document(s) of {source})"
+    )
+    return result
+
+
+def eval_shards(model, cfg: Config, data_dir: Path, args: EvalCmd) -> dict:
+    """Bits per byte on ``args.batches`` fixed batches of the run's validation shards."""
     import numpy as np
     import torch
 
     from pdclm.data.shards import BatchSampler, ShardSet
-    from pdclm.model.io import load_model
     from pdclm.model.pdclm import next_symbol_loss
 
-    model, cfg = load_model(args.ckpt)
-    val = ShardSet.open(cfg.data.dir, "val")
+    val = ShardSet.open(data_dir, "val")
     stream = open_memory(model, args.memory)
     if stream is not None and stream.state.pos == 0 and not stream.pending.shape[1]:
         stream = type(stream)(model, cfg.train.batch)  # a fresh memory: one stream per row
@@ -550,12 +948,10 @@ def cmd_eval(args: EvalCmd) -> dict:
                 ent = model.entropy.profile(t)
                 logits = model.head(read_stream(model, t, ent, stream.state)[0])
             vals.append(float(next_symbol_loss(logits, t[:, 1:])[1]))
-    result = {"val_bpb": float(np.mean(vals)), "batches": len(vals), "data": cfg.data.dir}
+    result = {"val_bpb": float(np.mean(vals)), "batches": len(vals), "data": str(data_dir)}
     if stream is not None:
         result["memory"] = save_memory(stream, args.memory)
-    print(
-        f"held-out bits per byte: {result['val_bpb']:.4f} ({len(vals)} batches of {cfg.data.dir})"
-    )
+    print(f"held-out bits per byte: {result['val_bpb']:.4f} ({len(vals)} batches of {data_dir})")
     return result
 
 
@@ -587,6 +983,7 @@ def cmd_export(args: ExportCmd) -> dict:
 def cmd_bench(args: BenchCmd) -> dict:
     import time
 
+    from pdclm.bench.chars import bench_chars
     from pdclm.bench.common import publish
     from pdclm.bench.generate import bench_generate, bench_noise
     from pdclm.bench.human import bench_human
@@ -605,20 +1002,41 @@ def cmd_bench(args: BenchCmd) -> dict:
         "noise": lambda: bench_noise(args.config, out, args.ckpt),
         "scaling": lambda: bench_scaling(args.config, out),
         "human": lambda: bench_human(args.config, args.ckpt, out, args.json),
+        "chars": lambda: bench_chars(args.config, out),
     }
-    which = [w for w in run if w != "human"] if args.which == "all" else [args.which]
+    which = [w for w in run if w not in ("human", "chars")] if args.which == "all" else [args.which]
     results = {w: run[w]() for w in which}
     publish(out, which, args.config.preset, args.publish)
     return results[which[0]] if len(which) == 1 else results
 
 
+def closed_pipe() -> int:
+    """stdout was closed early (``pdclm ... | head``): stop quietly, as other tools do."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
+
+
+def fail(message: object) -> int:
+    """A user error: one line on stderr, exit status 2."""
+    print("pdclm: error: " + " ".join(str(message).splitlines()), file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user error (bad flag or config value, missing data, a full or
+    read-only disk) prints one line and returns 2; a traceback means a bug."""
+    try:
+        name, args = parse(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        return fail(e)
+    except BrokenPipeError:
+        return closed_pipe()
     from pdclm.data.ingest import DataError
-    from pdclm.io import CheckpointError
+    from pdclm.io import CheckpointError, write_error
     from pdclm.train.loop import NonFiniteLossError
 
     try:
-        name, args = parse(sys.argv[1:] if argv is None else argv)
         if name in DISTRIBUTED:
             dist.init(args.config.train)
         elif dist.launched_world() > 1:
@@ -653,8 +1071,14 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.json, result)
         return 0
     except (ConfigError, DataError, CheckpointError, NonFiniteLossError, FileNotFoundError) as e:
-        print(f"pdclm: error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
+    except BrokenPipeError:
+        return closed_pipe()
+    except (OSError, RuntimeError) as e:  # a full or read-only disk; anything else is a bug
+        line = write_error(e)
+        if line is None:
+            raise
+        return fail(line)
     except KeyboardInterrupt:
         print("pdclm: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
         return 130

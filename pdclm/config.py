@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
 import sys
 import tomllib
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,19 @@ GENERATED_TASKS = ("arithmetic", "grid_path", "hanoi", "bank", "registers")
 """``data.generators.GENERATORS``: the project's own generators."""
 BENCH_ARMS = ("pdclm", "pdclm_stride", "pdclm_whitespace", "byte", "bpe")
 """The models ``pdclm bench pretrain`` can train (``bench.pretrain.build_arm``)."""
-SHARD_FORMAT = 2
+CHARS_TASKS = (
+    "copy",
+    "spell",
+    "reverse",
+    "count",
+    "insert",
+    "delete",
+    "substitute",
+    "swap",
+    "number",
+)
+"""``data.chars.TASKS``: the character-level tasks of ``pdclm bench chars``."""
+SHARD_FORMAT = 3
 """Version of the shard layout; bumping it invalidates every shard cache."""
 HUMAN_PREFIX = "human:"
 """A ``data.sources`` entry with this prefix names human verifier examples, not text."""
@@ -56,7 +71,8 @@ class DataConfig:
     sources: list[str] = field(default_factory=lambda: ["stdlib"])
     """Files, folders, globs, ``.jsonl`` files or ``-`` (stdin); ``stdlib``: the built-in corpus."""
     dir: str = ""
-    """Shard folder, a cache reused by later runs; empty = ``data/<source>-<settings hash>``."""
+    """Shard folder, a cache reused by later runs; empty = ``data/<source>-<settings hash>``.
+    Made absolute when the config is resolved, so a run's config.json works from anywhere."""
     jsonl_field: str = "text"
     """Text field read from each ``.jsonl`` line."""
     max_bytes: int = 0
@@ -215,9 +231,13 @@ class TrainConfig:
     steps: int = 1000
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
+    """The cosine schedule ends at this share of ``lr`` (in [0, 1])."""
     warmup: int = 50
     weight_decay: float = 0.1
+    """AdamW weight decay (>= 0) of the weight matrices; norms and biases get none."""
     grad_clip: float = 1.0
+    """Gradients are scaled down to this global norm (> 0; a large value such as 1e9 leaves
+    them as they are)."""
     bf16: bool = True
     """bf16 autocast (about 1.6x faster on CPUs with bf16 units). On a CPU without them
     (``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` false, e.g. AVX2-only) bf16 matmuls are
@@ -300,6 +320,14 @@ class BenchConfig:
         default_factory=lambda: [1_000, 10_000, 100_000, 1_000_000]
     )
     """``pdclm bench memory``: long-term store sizes of the lookup-latency sweep."""
+    chars_seconds: float = 60.0
+    """``pdclm bench chars``: wall-clock fine-tuning budget per model on the character tasks."""
+    chars_tasks: list[str] = field(default_factory=lambda: list(CHARS_TASKS))
+    """``pdclm bench chars``: the tasks trained and measured (default: all)."""
+    chars_items: int = 64
+    """``pdclm bench chars``: held-out items per task."""
+    chars_held_out: float = 0.2
+    """``pdclm bench chars``: share of the words and numbers held out (by a hash of each)."""
 
 
 @dataclass
@@ -555,11 +583,19 @@ def load_preset(name_or_path: str) -> Config:
 
 
 def resolve(cfg: Config) -> Config:
-    """Fill values derived from others (the default shard folder); call after overrides."""
+    """Fill values derived from others (the default shard folder) and check the ones that
+    depend on this machine (a CUDA device); call after overrides. ``data.dir`` becomes
+    absolute, so a run's saved config finds its shards from any working directory."""
     if not cfg.data.dir:
         first = Path(cfg.data.sources[0]).stem if cfg.data.sources else "data"
         slug = "".join(c if c.isalnum() else "-" for c in first)[:24] or "stdin"
         cfg.data.dir = str(Path("data") / f"{slug}-{fingerprint(cfg.data)[:10]}")
+    cfg.data.dir = os.path.abspath(os.path.expanduser(cfg.data.dir))
+    if cfg.train.device == "cuda" and not cuda_available():
+        raise ConfigError(
+            "train.device is cuda but torch sees no CUDA GPU here; use --train.device=auto "
+            "(CUDA when present, else CPU) or cpu"
+        )
     if cfg.train.bf16 and not bf16_is_fast(cfg.train.device):
         print(
             "warning: this CPU has no bf16 matrix units (bf16 matmuls would be emulated, "
@@ -589,6 +625,13 @@ def fingerprint(cfg: DataConfig) -> str:
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
 
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (imports torch: only ``resolve`` asks)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def bf16_is_fast(device: str) -> bool:
     """Does bf16 autocast speed up matmuls on this ``train.device``? CUDA: yes; CPU: only with
     native bf16 instructions (AVX512-BF16, AMX), which oneDNN reports."""
@@ -599,6 +642,18 @@ def bf16_is_fast(device: str) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def _floats(obj: Any, where: str) -> Iterator[tuple[str, float]]:
+    """Every float of the config (list items too) with its dotted key: nan and inf slip
+    through range checks (``inf > 0``), so they are refused up front."""
+    for f in dataclasses.fields(obj):
+        key, value = f"{where}.{f.name}" if where else f.name, getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _floats(value, key)
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(v, float):
+                yield key, v
+
+
 def validate(cfg: Config) -> None:
     """Range and consistency checks, each with a message that names the key."""
 
@@ -606,6 +661,30 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(msg)
 
+    for key, value in _floats(cfg, ""):
+        need(math.isfinite(value), f"{key} must be a finite number; got {value}")
+    sizes = {
+        "pse.entropy.dim": cfg.pse.entropy.dim,
+        "pse.entropy.heads": cfg.pse.entropy.heads,
+        "pse.entropy.layers": cfg.pse.entropy.layers,
+        "pse.entropy.steps": cfg.pse.entropy.steps,
+        "pse.entropy.batch": cfg.pse.entropy.batch,
+        "pse.patcher.calibration_bytes": cfg.pse.patcher.calibration_bytes,
+        "pse.encoder.dim": cfg.pse.encoder.dim,
+        "pse.encoder.heads": cfg.pse.encoder.heads,
+        "pse.encoder.buckets": cfg.pse.encoder.buckets,
+        "model.latent.dim": cfg.model.latent.dim,
+        "model.latent.heads": cfg.model.latent.heads,
+        "model.latent.layers": cfg.model.latent.layers,
+        "model.decoder.heads": cfg.model.decoder.heads,
+    }
+    for key, value in sizes.items():
+        need(value >= 1, f"{key} must be >= 1; got {value}")
+    for key, value in (
+        ("pse.encoder.layers", cfg.pse.encoder.layers),
+        ("model.decoder.layers", cfg.model.decoder.layers),
+    ):
+        need(value >= 0, f"{key} must be >= 0; got {value}")
     for p in cfg.phases:
         need(p in PHASES, f"phases: unknown phase '{p}' (known: {', '.join(PHASES)})")
     need(0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)")
@@ -614,6 +693,7 @@ def validate(cfg: Config) -> None:
     e = cfg.pse.entropy
     need(e.context >= 8 and e.context % 2 == 0, "pse.entropy.context must be an even number >= 8")
     need(e.dim % e.heads == 0, "pse.entropy.dim must be divisible by pse.entropy.heads")
+    need(e.lr > 0, f"pse.entropy.lr must be > 0; got {e.lr}")
     pt = cfg.pse.patcher
     rules = ("entropy_jump", "global", "stride", "whitespace")
     need(pt.rule in rules, f"pse.patcher.rule must be one of {', '.join(rules)}; got '{pt.rule}'")
@@ -630,6 +710,7 @@ def validate(cfg: Config) -> None:
         enc.dim % cfg.model.decoder.heads == 0,
         "pse.encoder.dim must be divisible by model.decoder.heads",
     )
+    need(cfg.model.mlp_ratio > 0, f"model.mlp_ratio must be > 0; got {cfg.model.mlp_ratio}")
     need(cfg.model.decoder.window >= 0, "model.decoder.window must be >= 0 (0: within a patch)")
     mem = cfg.model.memory
     if mem.enabled:
@@ -642,6 +723,7 @@ def validate(cfg: Config) -> None:
         need(mem.router_lr_scale > 0, "model.memory.router_lr_scale must be > 0")
         need(0 <= mem.gate_floor < 1 / 3, "model.memory.gate_floor must be in [0, 1/3)")
         need(0 <= mem.slot_carry <= 1, "model.memory.slot_carry must be in [0, 1]")
+        need(mem.phase_entropy >= 0, "model.memory.phase_entropy must be >= 0 (0: off)")
         need(
             cfg.train.seq_len % mem.segment == 0,
             "train.seq_len must be a multiple of model.memory.segment (training runs whole "
@@ -651,7 +733,15 @@ def validate(cfg: Config) -> None:
     need(t.seq_len >= 8, "train.seq_len must be >= 8")
     need(t.batch >= 1 and t.grad_accum >= 1, "train.batch and train.grad_accum must be >= 1")
     need(t.steps >= 1, "train.steps must be >= 1")
-    need(t.lr > 0, "train.lr must be > 0")
+    need(t.lr > 0, f"train.lr must be > 0; got {t.lr}")
+    need(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1]; got {t.min_lr_ratio}")
+    need(t.weight_decay >= 0, f"train.weight_decay must be >= 0; got {t.weight_decay}")
+    need(
+        t.grad_clip > 0,
+        f"train.grad_clip must be > 0 (gradients are scaled down to this norm; a large value "
+        f"such as 1e9 leaves them as they are); got {t.grad_clip}",
+    )
+    need(t.threads >= 0, f"train.threads must be >= 0 (0: torch's default); got {t.threads}")
     need(t.warmup >= 0, "train.warmup must be >= 0")
     need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
     modes = ("none", "ddp", "fsdp")
@@ -667,6 +757,7 @@ def validate(cfg: Config) -> None:
     for name in ("eval_items", "eval_level", "answer_bytes", "sweep_items", "batch"):
         need(getattr(tk, name) >= 1, f"tasks.{name} must be >= 1")
     need(tk.think_steps >= 0 and tk.think_bytes >= 0, "tasks.think_* must be >= 0")
+    need(tk.agreement_samples >= 1, "tasks.agreement_samples must be >= 1")
     need(all(b >= 0 for b in tk.budgets), "tasks.budgets must be >= 0")
     cg = cfg.cognitive
     for name in ("rounds", "steps", "seq_len", "batch", "solver_samples", "agents"):
@@ -676,11 +767,14 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cg.unanswerable_share < 1.0, "cognitive.unanswerable_share must be in [0, 1)")
     need(0.0 <= cg.question_weight <= 1.0, "cognitive.question_weight must be in [0, 1]")
     need(cg.lr > 0 and cg.temperature > 0, "cognitive.lr and cognitive.temperature must be > 0")
+    for name in ("warmup", "episodes_per_round", "probe_items", "proposals", "dialogue_items"):
+        need(getattr(cg, name) >= 0, f"cognitive.{name} must be >= 0")
     rl = cfg.rl
     for name in ("steps", "prompts", "group", "updates", "reflect_every", "robustness_items"):
         need(getattr(rl, name) >= 1, f"rl.{name} must be >= 1")
     need(rl.group >= 2, "rl.group must be >= 2 (advantages are relative within a group)")
     need(rl.lr > 0 and rl.temperature > 0, "rl.lr and rl.temperature must be > 0")
+    need(rl.warmup >= 0, "rl.warmup must be >= 0")
     need(0 <= rl.clip_low < 1 and rl.clip_high >= 0, "rl.clip_low in [0, 1), rl.clip_high >= 0")
     need(rl.kl >= 0, "rl.kl must be >= 0")
     need(0.0 <= rl.unanswerable_share < 1.0, "rl.unanswerable_share must be in [0, 1)")
@@ -692,7 +786,11 @@ def validate(cfg: Config) -> None:
     b = cfg.bench
     for m in b.models:
         need(m in BENCH_ARMS, f"bench.models: unknown model '{m}' (known: {', '.join(BENCH_ARMS)})")
-    need(b.seconds > 0 and b.scaling_seconds > 0, "bench.seconds, bench.scaling_seconds > 0")
+    for name in ("seconds", "scaling_seconds", "memory_seconds", "memory_key_weight"):
+        need(getattr(b, name) > 0, f"bench.{name} must be > 0")
+    for name in ("memory_trials", "memory_docs"):
+        need(getattr(b, name) >= 1, f"bench.{name} must be >= 1")
+    need(all(n >= 1 for n in b.memory_store_sizes), "bench.memory_store_sizes must all be >= 1")
     need(b.bpe_vocab >= 257, "bench.bpe_vocab must be >= 257 (256 bytes + a separator)")
     need(len(b.scaling_dims) >= 1 and all(d >= 8 for d in b.scaling_dims), "bench.scaling_dims")
     for name in ("gen_bytes", "gen_prompts", "prompt_bytes", "noise_batches", "noise_task_items"):
@@ -702,6 +800,11 @@ def validate(cfg: Config) -> None:
         b.memory_warmup >= 0 and b.memory_ramp >= 0 and b.memory_warmup + b.memory_ramp < 1,
         "bench.memory_warmup and bench.memory_ramp must be >= 0 and sum to less than 1",
     )
+    for name in b.chars_tasks:
+        need(name in CHARS_TASKS, f"bench.chars_tasks: unknown task '{name}' ({CHARS_TASKS})")
+    need(len(b.chars_tasks) >= 1, "bench.chars_tasks must name at least one task")
+    need(b.chars_seconds > 0 and b.chars_items >= 1, "bench.chars_seconds > 0, chars_items >= 1")
+    need(0 < b.chars_held_out < 1, "bench.chars_held_out must be in (0, 1)")
     rf = rl.reflection
     need(
         1 <= rf.latent_layers <= lat.layers,
@@ -709,6 +812,8 @@ def validate(cfg: Config) -> None:
     )
     for name in ("steps", "batch", "items", "samples"):
         need(getattr(rf, name) >= 1, f"rl.reflection.{name} must be >= 1")
+    need(rf.lr > 0, "rl.reflection.lr must be > 0")
+    need(rf.rollouts >= 0, "rl.reflection.rollouts must be >= 0")
     need(rf.rounds >= 0 and 0 < rf.threshold < 1, "rl.reflection.rounds >= 0, threshold in (0, 1)")
     hu = cfg.human
     need(hu.weight > 0, "human.weight must be > 0")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from pathlib import Path
+
 import pytest
 
 from pdclm import config
@@ -65,11 +69,56 @@ def test_unknown_key_in_a_preset_file_names_the_key(tmp_path):
         ({"model": {"latent": {"dim": 100, "heads": 3}}}, "model.latent.dim"),
         ({"train": {"steps": "many"}}, "train.steps"),
         ({"phases": ["pretrain", "dream"]}, "dream"),
+        ({"train": {"grad_clip": -1.0}}, "train.grad_clip"),  # trained backwards silently
+        ({"train": {"grad_clip": 0.0}}, "train.grad_clip"),
+        ({"train": {"lr": float("inf")}}, "train.lr"),
+        ({"train": {"weight_decay": float("nan")}}, "train.weight_decay"),
+        ({"train": {"weight_decay": -0.1}}, "train.weight_decay"),
+        ({"train": {"min_lr_ratio": 5}}, "train.min_lr_ratio"),
+        ({"pse": {"entropy": {"lr": 0.0}}}, "pse.entropy.lr"),
+        ({"rl": {"reflection": {"lr": -1.0}}}, "rl.reflection.lr"),
+        ({"model": {"latent": {"heads": 0}}}, "model.latent.heads"),  # was a ZeroDivisionError
+        ({"model": {"mlp_ratio": 0}}, "model.mlp_ratio"),
+        ({"bench": {"noise_rates": [float("nan")]}}, "bench.noise_rates"),
+        ({"bench": {"memory_key_weight": 0.0}}, "bench.memory_key_weight"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key(values, match):
     with pytest.raises(ConfigError, match=match):
         from_dict(values)
+
+
+def float_keys(obj: object, where: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(obj):
+        key, value = f"{where}.{f.name}" if where else f.name, getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += float_keys(value, key)
+        elif isinstance(value, float):
+            keys.append(key)
+    return keys
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_every_float_key_refuses_nan_and_inf(bad):
+    keys = float_keys(config.Config())
+    assert "train.grad_clip" in keys and "rl.reflection.threshold" in keys
+    for key in keys:
+        values: dict = {}
+        *sections, last = key.split(".")
+        inner = values
+        for s in sections:
+            inner = inner.setdefault(s, {})
+        inner[last] = bad
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            from_dict(values)
+
+
+def test_resolve_makes_the_shard_folder_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_preset("tiny")
+    config.resolve(cfg)
+    assert Path(cfg.data.dir).is_absolute() and Path(cfg.data.dir).parent == tmp_path / "data"
 
 
 def test_unknown_preset_lists_the_known_ones():

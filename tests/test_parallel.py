@@ -1,17 +1,21 @@
 """Several ranks (gloo, 2 processes on CPU): DDP and FSDP2 train exactly what one process
 trains on the same global batch, sharded checkpoints resume bit-identically and load in one
-process, and a save killed midway leaves the previous checkpoint the latest.
+process, a save killed midway leaves the previous checkpoint the latest, and the README's
+`torchrun ... pdclm run` goes through all three phases.
 
-The multi-process checks share one spawned pair of ranks (:func:`_ranks`), so the suite pays
-the start-up of two processes once.
+The trainer checks share one spawned pair of ranks (:func:`_ranks`), so the suite pays the
+start-up of two processes once; the full run is one `torchrun`, as a user launches it.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,3 +186,48 @@ def test_bad_launches_fail_clearly(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="divide"):
         dist.Part(0, 3).rows(GLOBAL_BATCH)
     assert [dist.Part(r, 2).rows(4) for r in (0, 1)] == [slice(0, 2), slice(2, 4)]
+
+
+SMALL_RUN = [
+    "--preset",
+    "tiny",
+    "--no-progress",
+    *("--train.steps", "6", "--pse.entropy.steps", "6", "--cognitive.steps", "2"),
+    *("--cognitive.episodes-per-round", "16", "--cognitive.proposals", "2"),
+    *("--cognitive.dialogue-items", "1", "--tasks.eval-items", "2", "--tasks.sweep-items", "1"),
+    *("--rl.steps", "2", "--rl.prompts", "2", "--rl.group", "2", "--rl.robustness-items", "1"),
+    *("--rl.reflection.steps", "2", "--rl.reflection.items", "8"),
+]
+"""The tiny preset cut to the fewest steps and items that still pass through every part of
+every phase."""
+
+
+def test_a_fresh_two_rank_run_goes_through_every_phase(tmp_path, corpus):
+    """The README's command, on a new run folder: one rank writes each shared file and model
+    folder while the other waits (two ranks copying Phase 3's start model used to collide)."""
+    run = tmp_path / "run"
+    data = ["--data.sources", str(corpus), "--data.dir", str(tmp_path / "data")]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd = [*launch, "-m", "pdclm", "run", "--train.parallel=fsdp", "--out", str(run)]
+    done = subprocess.run(
+        [*cmd, *SMALL_RUN, *data],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]  # torchrun: 0 only when both ranks exit 0
+    assert "Traceback" not in out and "pdclm: error" not in out, out[-4000:]
+    report = json.loads((run / "report.json").read_text())
+    assert {"phase1", "phase2", "phase3"} <= set(report)
+    assert (run / "report.md").exists()
+    assert sorted(p.name for p in (run / "phases").iterdir()) == [
+        "cognitive.json",
+        "pretrain.json",
+        "reflective.json",
+    ]
+    for folder in ("phase1_model", "phase2_model", "model"):
+        assert (run / folder / "checksums.json").exists(), folder
+    assert (run / "model" / "reflector.safetensors").exists()
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary folders

@@ -327,3 +327,117 @@ def test_a_run_killed_in_any_phase_resumes_to_the_same_weights(tmp_path, corpus,
     assert a.keys() == b.keys()
     for k in a:
         assert (a[k] == b[k]).all(), f"{k} differs between the resumed and the straight run"
+
+
+def copy_run(tiny_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+def test_resume_reads_the_runs_own_config_and_refuses_other_settings(
+    tiny_run: Path, tmp_path, capsys
+):
+    run = copy_run(tiny_run, tmp_path)
+    saved = json.loads((run / "config.json").read_text())
+    assert main(["run", "--resume", str(run), "--no-progress"]) == 0  # no --preset needed
+    assert json.loads((run / "config.json").read_text()) == saved  # train.steps=60 kept
+    capsys.readouterr()
+    assert main(["run", "--resume", str(run), "--preset", "cpu", "--train.steps", "61"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "preset (run: 'tiny', given: 'cpu')" in err
+    assert "train.steps (run: 60, given: 61)" in err
+    assert json.loads((run / "config.json").read_text()) == saved
+    # where and how fast it computes may change (another machine, another number of ranks)
+    assert main(["run", "--resume", str(run), "--train.threads", "1", "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["threads"] == 1
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run(tiny_run: Path, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, why in (
+        (empty, "not a run folder"),
+        (tiny_run / "model", "a model folder"),
+        (tmp_path / "missing", "no such run folder"),
+    ):
+        assert main(["run", "--resume", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and str(folder) in err
+    assert not any(empty.iterdir())  # no run was started inside it
+
+
+def test_a_corrupt_or_truncated_model_folder_is_refused_with_advice(
+    tiny_run: Path, tmp_path, capsys
+):
+    import random
+
+    from pdclm.model.io import load_model
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run / "model", model)
+    weights = model / "model.safetensors"
+    good = weights.read_bytes()
+    header = 8 + int.from_bytes(good[:8], "little")
+    data = bytearray(good)
+    for i in random.Random(0).sample(range(header, len(data)), 1000):  # tensor bytes only
+        data[i] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert main(["eval", "--ckpt", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert f"{model} is corrupt: model.safetensors does not match its checksum" in err
+    assert "pdclm export" in err
+    weights.write_bytes(good[: len(good) // 2])
+    assert main(["generate", "x", "--ckpt", str(model)]) == 2
+    assert "is corrupt" in capsys.readouterr().err
+    (model / "reflector.safetensors").unlink()
+    weights.write_bytes(good)
+    assert main(["generate", "x", "--ckpt", str(model)]) == 2
+    assert "incomplete: reflector.safetensors is missing" in capsys.readouterr().err
+    (model / "checksums.json").unlink()  # as saved before model folders had checksums
+    load_model(model)
+
+
+PHASE3_SMALL = [
+    *("--rl.steps", "1", "--rl.prompts", "2", "--rl.group", "2", "--rl.robustness-items", "1"),
+    *("--rl.reflection.steps", "2", "--rl.reflection.items", "8", "--tasks.eval-items", "2"),
+    *("--tasks.sweep-items", "1"),
+]
+
+
+def test_a_killed_model_copy_does_not_block_resume(
+    tiny_run: Path, tmp_path, corpus, monkeypatch, capsys
+):
+    from pdclm.io import CHECKSUMS, sha256
+
+    run = copy_run(tiny_run, tmp_path)
+    # back to the end of Phase 2: Phase 3 has not begun and RUN/model is the Phase 2 model
+    (run / "phases" / "reflective.json").unlink()
+    shutil.rmtree(run / "reflective")
+    shutil.rmtree(run / "model")
+    (run / "phase2_model").rename(run / "model")
+    digest = sha256(run / "model" / "model.safetensors")
+    args = ["train", "reflective", "--resume", str(run), "--no-progress"]
+    args += PHASE3_SMALL  # Phase 3 has not begun: its settings are still open
+
+    real_copy = shutil.copyfile
+
+    def dies_halfway(src, dst, *a, **k):  # the copy Phase 3 starts with is interrupted
+        Path(dst).write_bytes(Path(src).read_bytes()[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfile", dies_halfway)
+    assert main(args) == 130
+    monkeypatch.setattr(shutil, "copyfile", real_copy)
+    assert not (run / "phase2_model").exists() and not (run / ".phase2_model.tmp").exists()
+    # what a kill -9 at that moment leaves, and what a copy without atomic writes used to leave
+    (run / ".phase2_model.tmp").mkdir()
+    (run / ".phase2_model.tmp" / "model.safetensors").write_bytes(b"half")
+    (run / "phase2_model").mkdir()
+    shutil.copyfile(run / "model" / "config.json", run / "phase2_model" / "config.json")
+    assert main(args) == 0, capsys.readouterr().err
+    assert (run / "phases" / "reflective.json").exists()
+    assert sha256(run / "phase2_model" / "model.safetensors") == digest
+    assert (run / "phase2_model" / CHECKSUMS).exists()
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]

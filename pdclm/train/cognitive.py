@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from pdclm import dist
 from pdclm.cognition.selfplay import Verified, dialogue, propose_and_solve
 from pdclm.config import Config
 from pdclm.data.episodes import Episode, pack, weighted_symbols
@@ -47,8 +46,8 @@ from pdclm.eval.tasks import (
     run_items,
     source_separation,
 )
-from pdclm.io import write_json_atomic, write_jsonl_atomic
-from pdclm.model.io import find_model_dir, load_model, save_model
+from pdclm.io import main_writes, write_json_atomic, write_jsonl_atomic
+from pdclm.model.io import copy_model, load_model, save_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.train.loop import Trainer, resolve_device
 from pdclm.train.objectives import mean_bpb, weighted_lm_loss
@@ -67,7 +66,6 @@ class RoundData:
 
     def __init__(self, cfg: Config, folder: Path, exclude: set[str], text: ShardSet) -> None:
         self.cfg, self.folder, self.exclude = cfg, folder, exclude
-        folder.mkdir(parents=True, exist_ok=True)
         cg = cfg.cognitive
         self.n_text = round(cg.batch * cg.text_share)
         self.text = (
@@ -157,10 +155,13 @@ class RoundData:
             "dialogue": dialogue_stats,
         }
         jsonl, meta_path = self.paths(r)
-        if dist.is_main():  # every rank holds the same episodes (generation is gathered)
+
+        def write() -> None:  # every rank holds the same episodes (generation is gathered)
+            self.folder.mkdir(parents=True, exist_ok=True)
             write_jsonl_atomic(jsonl, [v.to_json() for v in episodes])
             write_json_atomic(meta_path, meta)  # last: its presence marks the round as complete
-        dist.barrier()
+
+        main_writes(write)
         if progress:
             solved = ", ".join(f"{n} {p:.2f}" for n, p in probe.items() if p)
             tqdm.write(
@@ -244,6 +245,7 @@ class RoundData:
 class Cognitive:
     name = "cognitive"
     key = "phase2"
+    folders = ("cognitive",)
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         cfg, run_dir = ctx.cfg, ctx.run_dir
@@ -251,13 +253,10 @@ class Cognitive:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         folder = run_dir / "cognitive"
-        start = run_dir / "phase1_model"
-        if dist.is_main():
-            if not ctx.resume and folder.exists():
-                shutil.rmtree(folder)  # a fresh run of this phase: no stale rounds or checkpoints
-            if not start.exists():  # a run folder from before Phase 1 kept its own copy
-                shutil.copytree(find_model_dir(run_dir), start)
-        dist.barrier()
+        if not ctx.resume:  # a fresh run of this phase: no stale rounds or checkpoints
+            main_writes(lambda: shutil.rmtree(folder) if folder.exists() else None)
+        # what this phase starts from: Phase 1 saves it (older run folders get a copy of model/)
+        start = copy_model(run_dir, run_dir / "phase1_model")
         model, mcfg = load_model(start)
         cfg.pse.patcher.threshold = mcfg.pse.patcher.threshold
 
@@ -302,8 +301,7 @@ class Cognitive:
             result = trainer.fit(resume=True)
         result["train_seconds"] = seconds
         model.eval().cpu()
-        if dist.is_main():
-            save_model(model, cfg, run_dir / "model")
+        save_model(model, cfg, run_dir / "model")
         return self.evaluate(ctx, model, sets, result, rounds)
 
     def evaluate(

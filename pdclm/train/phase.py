@@ -2,7 +2,8 @@
 the end of its results.
 
 A phase is an object with a ``name`` (what the config and CLI call it), a ``key`` (its section
-in ``report.json``, e.g. ``phase1``) and ``run(ctx) -> dict`` returning its results;
+in ``report.json``, e.g. ``phase1``), its ``folders`` in the run folder and ``run(ctx) -> dict``
+returning its results;
 :mod:`pdclm.pipeline` runs them in order. A phase trains through :class:`~pdclm.train.loop.Trainer`
 with a schedule made by :func:`for_steps`, and a phase that evaluates tasks ends its results
 with :func:`epilogue`.
@@ -36,6 +37,8 @@ class RunContext:
 class Phase(Protocol):
     name: str
     key: str
+    folders: tuple[str, ...]
+    """Its working folders in the run folder: one being there means the phase has begun."""
 
     def run(self, ctx: RunContext) -> dict[str, Any]: ...
 

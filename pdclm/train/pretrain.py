@@ -179,6 +179,7 @@ def prepare_pse(ctx: RunContext) -> PreparedPSE:
 class Pretrain:
     name = "pretrain"
     key = "phase1"
+    folders = ("entropy", "pretrain")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         cfg, run_dir = ctx.cfg, ctx.run_dir
@@ -207,10 +208,10 @@ class Pretrain:
         model.eval().cpu()
         starts = model.patch(cal_tokens, cal_entropy)
         history = result.pop("history")
+        save_model(model, cfg, run_dir / "model")  # the run's latest model
+        save_model(model, cfg, run_dir / "phase1_model")  # what later phases start from
         plots = []
-        if dist.is_main():
-            save_model(model, cfg, run_dir / "model")  # the run's latest model
-            save_model(model, cfg, run_dir / "phase1_model")  # what later phases start from
+        if dist.is_main():  # drawn for the report, which rank 0 writes
             plots = self.plots(model, cal_tokens, cal_entropy, starts, run_dir)
         # held-out task accuracy of the stream model: what the later phases are measured against
         tasks = evaluate_tasks(model, held_out_sets(cfg.tasks), cfg.tasks, cfg.train.bf16)

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 from tqdm import tqdm
 
@@ -72,8 +73,8 @@ from pdclm.eval.tasks import (
     held_out_sets,
     run_items,
 )
-from pdclm.io import load_weights, save_weights, write_jsonl_atomic
-from pdclm.model.io import find_model_dir, load_model, save_model
+from pdclm.io import atomic_write, load_weights, main_writes, save_weights, write_jsonl_atomic
+from pdclm.model.io import copy_model, load_model, save_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.train.critic import train_reflector
 from pdclm.train.grpo import action_logprobs, grpo_loss_fn, rollout_tensors
@@ -103,7 +104,6 @@ class Critics:
         self.human_train = [ex.judged(cfg.human.weight) for ex in human[0]]
         self.human_cal = [ex.judged() for ex in human[1]]
         self.progress = progress and dist.is_main()
-        folder.mkdir(parents=True, exist_ok=True)
         self.loaded: tuple[int, Reflector] | None = None
         self.history: list[dict[str, Any]] = []
 
@@ -138,11 +138,7 @@ class Critics:
             if self.human_cal:
                 with generation_context(self.cfg.train.bf16):
                     stats["calibration"] = calibrate(critic, self.human_cal)
-            if dist.is_main():  # every rank trained the same critic
-                tmp = self.path(v).with_suffix(".tmp")
-                save_weights(critic, tmp)
-                tmp.replace(self.path(v))
-            dist.barrier()
+            main_writes(lambda: self.save(v, critic))  # every rank trained the same critic
             self.history.append({"version": v, "examples": len(examples), **stats})
             if self.progress:
                 tqdm.write(
@@ -151,6 +147,10 @@ class Critics:
                 )
         self.loaded = (v, critic.cpu().eval())
         return critic
+
+    def save(self, v: int, critic: Reflector) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_weights(critic, self.path(v))  # atomic: a version on disk is a whole one
 
     def gold(self, v: int) -> list[Judged]:
         """Gold traces of fresh training questions, each with its corrupted twin."""
@@ -183,7 +183,6 @@ class RolloutBatches:
         self.sync: Callable[[], None] = lambda: None
         """Brings the training weights into ``policy`` before it generates (FSDP trains a
         sharded copy)."""
-        folder.mkdir(parents=True, exist_ok=True)
         self.names = list(cfg.tasks.names)
         self.curriculum = self.new_curriculum()
         self.recorded = 0
@@ -332,12 +331,14 @@ class RolloutBatches:
             for j, r in enumerate(rollouts)
         ]
         path, jsonl = self.paths(k)
-        if dist.is_main():  # every rank computed the same rollouts (generation is gathered)
+
+        def write() -> None:  # every rank computed the same rollouts (generation is gathered)
+            self.folder.mkdir(parents=True, exist_ok=True)
             write_jsonl_atomic(jsonl, rows)
-            tmp = path.with_suffix(".tmp")
-            save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp))
-            tmp.replace(path)  # last: its presence marks the batch as complete
-        dist.barrier()
+            # last: its presence marks the batch as complete
+            atomic_write(path, safetensors_bytes({n: t.contiguous() for n, t in tensors.items()}))
+
+        main_writes(write)
         self.policy.train()
 
     def batch(self, i: int, rows: slice) -> tuple[Tensor, ...]:
@@ -358,23 +359,23 @@ class RolloutBatches:
 class Reflective:
     name = "reflective"
     key = "phase3"
+    folders = ("reflective",)
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         cfg, run_dir, rl = ctx.cfg, ctx.run_dir, ctx.cfg.rl
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         folder = run_dir / "reflective"
-        if not ctx.resume and folder.exists():
-            shutil.rmtree(folder)  # a fresh run of this phase: no stale rollouts or critics
-        start = run_dir / "phase2_model"
         done = run_dir / "phases"
         if (done / "pretrain.json").exists() and not (done / "cognitive.json").exists():
             raise ConfigError(
                 f"{run_dir} has no finished Phase 2; Phase 3 starts from the Phase 2 model "
                 "(run `pdclm train cognitive --resume RUN` first)"
             )
-        if not start.exists():
-            shutil.copytree(find_model_dir(run_dir), start)
+        if not ctx.resume:  # a fresh run of this phase: no stale rollouts or critics
+            main_writes(lambda: shutil.rmtree(folder) if folder.exists() else None)
+        # what this phase starts from, kept apart: RUN/model is overwritten at the end
+        start = copy_model(run_dir, run_dir / "phase2_model")
         policy, mcfg = load_model(start)
         cfg.pse.patcher.threshold = mcfg.pse.patcher.threshold
         reference = None
@@ -415,9 +416,8 @@ class Reflective:
         result = trainer.fit(resume=True)
         policy.eval().cpu()
         critic = critics.get((rl.steps - 1) // rl.reflect_every)
-        if dist.is_main():
-            save_model(policy, cfg, run_dir / "model")
-            save_weights(critic, run_dir / "model" / CRITIC_FILE)  # for `solve --reflect`
+        # with the reflection network beside it, for `solve --reflect`
+        save_model(policy, cfg, run_dir / "model", extra={CRITIC_FILE: critic})
         out = self.evaluate(ctx, policy, critic, sets, result, critics)
         if any(human):  # how the critic and each channel agree with held-out human verdicts
             with generation_context(cfg.train.bf16):
