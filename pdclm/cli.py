@@ -2,7 +2,7 @@ r"""pdclm: train and use PD-CLM, a tokenizer-free byte-level language model.
 
 usage: pdclm COMMAND [options]        pdclm COMMAND --help: that command's own options
 
-    run       [--preset cpu] [--out DIR] [--resume DIR]      all phases, report, plots
+    run       [--preset cpu] [--budget 15m] [--resume DIR]    all phases, report, plots
     prepare   [--data.sources PATH ...] [--data.dir DIR]     ingest text into byte shards
     train     pretrain|cognitive|reflective [--out DIR] [--resume DIR]             one phase
     pse       "some text" | --file F  [--ckpt RUN] [--plot out.png]
@@ -103,6 +103,9 @@ class RunCmd(Common):
 
     resume: str | None = None
     """Resume this run folder from its last checkpoints."""
+    budget: str | None = None
+    """Wall-clock budget for all phases on this machine, e.g. 15m, 900s or 1h (run.budget):
+    a short probe times this machine and every phase's steps scale to fit."""
     progress: bool = True
     """Progress bars (--no-progress: none)."""
 
@@ -540,6 +543,20 @@ def write_json(path: str | None, obj: Any) -> None:
         atomic_write(Path(path), json.dumps(obj, indent=2, default=str).encode())
 
 
+def seconds(duration: str) -> float:
+    """``15m``, ``900s``, ``900`` or ``1h`` in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = duration.strip().lower()
+    scale = units.get(text[-1:])
+    try:
+        value = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"--budget: give a duration such as 15m, 900s or 1h; got {duration!r}")
+    return value
+
+
 def base_config(name: str, rest: list[str], preset: str) -> Config:
     """What the command line's flags apply to: with ``--resume RUN`` (``run``, ``train``) the
     run's own config.json, so a resume needs no ``--preset`` (flags that differ from it are
@@ -568,6 +585,8 @@ def cmd_run(args: RunCmd, only: list[str] | None = None) -> dict:
         raise FileNotFoundError(f"--resume: no such run folder {run_dir}")
     if args.resume and args.out and Path(args.out).resolve() != run_dir.resolve():
         raise ConfigError(f"--out {args.out} and --resume {run_dir}: a resume goes on in its run")
+    if getattr(args, "budget", None):
+        args.config.run.budget = seconds(args.budget)
     report = run_phases(
         args.config, run_dir, resume=bool(args.resume), progress=args.progress, only=only
     )

@@ -484,6 +484,28 @@ class HumanConfig:
 
 
 @dataclass
+class RunConfig:
+    """``pdclm run`` as a whole: a wall-clock budget that sizes every phase to this machine
+    (:mod:`pdclm.train.budget`)."""
+
+    budget: float = 0.0
+    """Seconds for all phases (``--budget 15m``); 0: the step counts as configured. A short
+    probe times this machine and every phase's step counts scale to fit; the counts used go
+    into the run's config.json, so a resumed run replays them."""
+    reference_step_seconds: float = 0.0
+    """The probe's Phase 1 step time on the machine the reference timings below were taken."""
+    reference_fixed: list[float] = field(default_factory=list)
+    """Per phase (pretrain, cognitive, reflective), seconds on that machine that do not grow
+    with the step counts (ingest, profiling, rounds' generation, evaluation)."""
+    reference_stepped: list[float] = field(default_factory=list)
+    """Per phase, seconds on that machine that grow with its step counts, at the counts set."""
+    scale: float = 0.0
+    """Set by the budget: the factor every step count was scaled by (0: not sized)."""
+    probe_step_seconds: float = 0.0
+    """Set by the budget: this machine's probe step time."""
+
+
+@dataclass
 class Config:
     preset: str = "default"
     """Preset name (tiny, cpu, gpu) or a .toml/.json config file; read before other flags."""
@@ -498,6 +520,7 @@ class Config:
     rl: RLConfig = field(default_factory=RLConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     human: HumanConfig = field(default_factory=HumanConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -824,3 +847,13 @@ def validate(cfg: Config) -> None:
     need(all(n >= 0 for n in hu.counts) and hu.counts, "human.counts: label counts >= 0")
     for name in ("seeds", "steps", "questions", "samples"):
         need(getattr(hu, name) >= 1, f"human.{name} must be >= 1")
+    ru = cfg.run
+    need(ru.budget >= 0 and ru.scale >= 0, "run.budget and run.scale must be >= 0")
+    if ru.budget > 0:
+        need(
+            ru.reference_step_seconds > 0
+            and len(ru.reference_fixed) == len(ru.reference_stepped) == len(PHASES),
+            "run.budget needs the machine timings it is sized from: run.reference_step_seconds "
+            f"> 0 and run.reference_fixed / run.reference_stepped with one value per phase "
+            f"({', '.join(PHASES)}); the cpu preset has them",
+        )

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from pdclm import dist
-from pdclm.config import Config, ConfigError, from_dict, resolve, to_dict
+from pdclm.config import Config, ConfigError, from_dict, resolve, to_dict, validate
 from pdclm.eval.report import write_report
 from pdclm.io import main_writes, write_json_atomic
+from pdclm.train.budget import fit_to_budget, probe_step_seconds
 from pdclm.train.cognitive import Cognitive
 from pdclm.train.loop import MetricsLog
 from pdclm.train.phase import RunContext
@@ -159,6 +160,18 @@ def run_phases(
     names = only or cfg.phases
     if resume:
         check_resume(cfg, run_dir, names)
+    if cfg.run.budget > 0 and not cfg.run.scale:  # size every phase to this machine, once
+        probed = probe_step_seconds(cfg) if dist.is_main() else 0.0  # the others wait
+        sized = fit_to_budget(cfg, dist.broadcast(probed))
+        validate(cfg)
+        if progress and dist.is_main():
+            steps = ", ".join(f"{k} {v}" for k, v in sized["steps"].items())
+            print(
+                f"budget {cfg.run.budget:.0f} s: a training step here takes "
+                f"{sized['probe_step_seconds']:.3f} s (x{sized['speed_vs_reference']:.2f} the "
+                f"reference machine), so every phase's steps x{sized['scale']:.2f}, expected "
+                f"{sized['expected_seconds']:.0f} s: {steps}"
+            )
     done_dir = run_dir / "phases"
 
     def start() -> None:  # what a run folder holds from the start (see run_config)

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from pdclm.cli import main
 
@@ -441,3 +442,57 @@ def test_a_killed_model_copy_does_not_block_resume(
     assert sha256(run / "phase2_model" / "model.safetensors") == digest
     assert (run / "phase2_model" / CHECKSUMS).exists()
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_a_budgeted_run_sizes_its_steps_once_and_resumes_them(tmp_path, corpus, monkeypatch):
+    """``--budget``: the probe's step time against the reference scales every phase's step
+    counts; they are in config.json, and a run killed in Phase 2 resumes (probing nothing
+    again, on a machine now twice as fast) to exactly the straight run's weights."""
+    from safetensors.torch import load_file
+
+    from pdclm import pipeline
+    from pdclm.train.cognitive import RoundData
+
+    probes = []
+
+    def probe(speed: float):
+        def timed(cfg) -> float:
+            probes.append(speed)
+            return speed
+
+        return timed
+
+    # a machine 4x slower than the reference; fixed work 2 x 4 s, stepped 3 x 4 s: the
+    # 14 s budget leaves (14 - 24) / 36 < 0.1 of the steps, so the floor of 0.1 applies ...
+    reference = ["--run.reference-step-seconds", "0.5", "--run.reference-fixed", "2", "2", "2"]
+    reference += ["--run.reference-stepped", "3", "3", "3"]
+    args = [*common(tmp_path, corpus), *reference, "--cognitive.rounds", "1"]
+    monkeypatch.setattr(pipeline, "probe_step_seconds", probe(2.0))
+    assert main(["run", *args, "--budget", "14s", "--out", str(tmp_path / "floor")]) == 0
+    saved = json.loads((tmp_path / "floor" / "config.json").read_text())
+    assert saved["run"]["scale"] == 0.1 and saved["train"]["steps"] == 3  # 30 x 0.1
+    # ... and with 42 s, (42 - 24) / 36 = 0.5 of them
+    args += ["--budget", "42s"]
+    assert main(["run", *args, "--out", str(tmp_path / "straight")]) == 0
+    saved = json.loads((tmp_path / "straight" / "config.json").read_text())
+    assert saved["run"]["scale"] == 0.5 and saved["run"]["probe_step_seconds"] == 2.0
+    assert saved["train"]["steps"] == 15 and saved["pse"]["entropy"]["steps"] == 15
+    assert "Sized to a budget of 42 s" in (tmp_path / "straight" / "report.md").read_text()
+
+    real_batch = RoundData.batch
+
+    def dies_in_phase2(self, i, keep=slice(None)):
+        if i == 2:
+            raise KeyboardInterrupt
+        return real_batch(self, i, keep)
+
+    monkeypatch.setattr(RoundData, "batch", dies_in_phase2)
+    assert main(["run", *args, "--out", str(tmp_path / "killed")]) == 130
+    monkeypatch.setattr(RoundData, "batch", real_batch)
+    monkeypatch.setattr(pipeline, "probe_step_seconds", probe(0.25))
+    runs_before = len(probes)
+    assert main(["run", "--resume", str(tmp_path / "killed"), "--no-progress"]) == 0
+    assert len(probes) == runs_before, "a resumed run probed the machine again"
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

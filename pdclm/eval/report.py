@@ -298,6 +298,20 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def budget_line(run: dict[str, Any]) -> list[str]:
+    """How the run was sized to its wall-clock budget (nothing when it was not)."""
+    if not run.get("scale"):
+        return []
+    speed = run["probe_step_seconds"] / run["reference_step_seconds"]
+    return [
+        "",
+        f"Sized to a budget of {run['budget']:.0f} s: a training step here took "
+        f"{run['probe_step_seconds']:.3f} s, x{speed:.2f} the reference machine's, so every "
+        f"phase's step counts were scaled by {run['scale']:.2f} (the counts used are in "
+        "`config.json`).",
+    ]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """report.md: what ran, the headline figures, the task table, the claims and the plots,
     for a person; every figure, under its dotted key, stays in report.json."""
@@ -310,6 +324,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{run['seconds']:.0f} s on {run['machine']} (torch {run['torch']}), "
         f"finished {run['finished']}. Every figure is in `report.json`, the full config in "
         "`config.json`.",
+        *budget_line(report.get("config", {}).get("run", {})),
         "",
         "## What ran",
         "",

@@ -1,0 +1,103 @@
+"""Fitting the main job to a wall-clock budget on whatever machine runs it.
+
+A preset's step counts were sized on one machine; the same counts take 1.4x as long on a CPU
+without AMX. With ``run.budget`` set, ``pdclm run`` first times a few Phase 1 training steps
+of the configured model on random bytes (the probe, ~10 s), compares that with the same
+step's time on the reference machine (``run.reference_step_seconds``), and scales every
+phase's step counts by one factor so that the reference timings of the phases (their fixed
+work and their steps, ``run.reference_fixed`` and ``run.reference_stepped``), stretched to
+this machine's speed, fit the budget. The resolved counts are written into the run's
+``config.json`` with the factor and the probe's figure (``run.scale``,
+``run.probe_step_seconds``), so a resumed run replays exactly the same steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from pdclm.config import PHASES, Config
+from pdclm.model.pdclm import PDCLM
+from pdclm.train.loop import make_optimizer, resolve_device
+from pdclm.train.objectives import lm_loss
+
+PROBE_STEPS = 9
+"""Training steps the probe times (the first two warm the kernels up and are not counted)."""
+MIN_SCALE = 0.1
+"""Below this the phases would not learn anything: the run then overshoots its budget."""
+
+STEP_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "pretrain": (("pse.entropy", "steps"), ("train", "steps")),
+    "cognitive": (("cognitive", "steps"),),
+    "reflective": (("rl", "steps"),),
+}
+"""The step counts each phase's time grows with, as (config section, field)."""
+
+
+def probe_step_seconds(cfg: Config) -> float:
+    """Seconds per Phase 1 training step of ``cfg``'s model on this machine: the median of a
+    few timed steps (after two that warm the kernels up) on random bytes with a stored (zero)
+    profile, patched at a fixed stride of the target mean patch length (the patch count sets
+    the latent's cost; the entropy model is not trained yet)."""
+    pse = dataclasses.replace(
+        cfg.pse,
+        patcher=dataclasses.replace(
+            cfg.pse.patcher, rule="stride", max_len=max(1, round(cfg.pse.patcher.target_mean))
+        ),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.train.seed)
+        model = PDCLM(pse, cfg.model).to(resolve_device(cfg.train.device))
+        tokens = torch.randint(0, 256, (cfg.train.batch, cfg.train.seq_len + 1))
+    batch = (tokens.to(model.head.weight.device), torch.zeros(tokens.shape, device=tokens.device))
+    opt = make_optimizer(model, cfg.train)
+    times = []
+    for _ in range(PROBE_STEPS):
+        t0 = time.perf_counter()
+        with torch.autocast(batch[0].device.type, torch.bfloat16, enabled=cfg.train.bf16):
+            loss, _ = lm_loss(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[2:])
+
+
+def fit_to_budget(cfg: Config, step_seconds: float) -> dict[str, Any]:
+    """Scale ``cfg``'s step counts in place so the configured phases fit ``run.budget`` on a
+    machine whose probe step takes ``step_seconds``; returns what was resolved (also kept in
+    ``run.scale`` and ``run.probe_step_seconds``)."""
+    run = cfg.run
+    speed = step_seconds / run.reference_step_seconds  # > 1: slower than the reference
+    fixed = speed * sum(run.reference_fixed[PHASES.index(n)] for n in cfg.phases)
+    stepped = speed * sum(run.reference_stepped[PHASES.index(n)] for n in cfg.phases)
+    scale = (run.budget - fixed) / stepped if stepped else 1.0
+    scale = min(1.0, max(MIN_SCALE, scale))
+    steps = {}
+    for name in cfg.phases:
+        for section, key in STEP_FIELDS[name]:
+            obj = cfg
+            for part in section.split("."):
+                obj = getattr(obj, part)
+            setattr(obj, key, max(1, math.floor(getattr(obj, key) * scale)))
+            steps[f"{section}.{key}"] = getattr(obj, key)
+    cg, rl = cfg.cognitive, cfg.rl
+    cg.steps = max(cg.steps, cg.rounds)  # every round trains at least one step
+    cg.warmup = min(cg.warmup, cg.steps // 5)
+    rl.reflect_every = min(rl.reflect_every, rl.steps)
+    cfg.train.warmup = min(cfg.train.warmup, cfg.train.steps // 5)
+    run.scale, run.probe_step_seconds = round(scale, 4), round(step_seconds, 4)
+    return {
+        "budget_seconds": run.budget,
+        "probe_step_seconds": run.probe_step_seconds,
+        "speed_vs_reference": round(speed, 3),
+        "scale": run.scale,
+        "expected_seconds": round(fixed + scale * stepped, 1),
+        "steps": steps,
+    }
