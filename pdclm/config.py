@@ -299,6 +299,12 @@ class BenchConfig:
     memory_pse: str = ""
     """``pdclm bench memory``: a trained PSE's model folder to read with (e.g. a pretrain
     run's ``phase1_model``) instead of training the preset's; empty: train one."""
+    memory_pse_preset: str = ""
+    """``pdclm bench memory`` without ``memory_pse``: train the PSE as this preset's Phase 1
+    does (its entropy model and patcher, on ``memory_pse_bytes`` of the same sources), not
+    as the bench's own preset would; empty: the bench's preset."""
+    memory_pse_bytes: int = 0
+    """With ``memory_pse_preset``: the PSE's training text (data.max_bytes); 0: the preset's."""
     memory_warmup: float = 0.25
     """``pdclm bench memory``: share of the steps whose loss is the passkey rows' first key
     digit alone (the one only memory can supply): without it no variant left chance."""
@@ -489,9 +495,10 @@ class RunConfig:
     (:mod:`pdclm.train.budget`)."""
 
     budget: float = 0.0
-    """Seconds for all phases (``--budget 15m``); 0: the step counts as configured. A short
-    probe times this machine and every phase's step counts scale to fit; the counts used go
-    into the run's config.json, so a resumed run replays them."""
+    """Seconds for all phases of ``pdclm run`` (``--budget 15m``); 0: the step counts as
+    configured. A short probe times this machine and every phase's step counts scale to fit;
+    the counts used go into the run's config.json, so a resumed run replays them. One phase
+    alone (``pdclm train``, the benches) keeps its step counts."""
     reference_step_seconds: float = 0.0
     """The probe's Phase 1 step time on the machine the reference timings below were taken."""
     reference_fixed: list[float] = field(default_factory=list)
@@ -598,11 +605,28 @@ def load_preset(name_or_path: str) -> Config:
         values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read preset {path}: {e}") from e
+    base = values.pop("inherits", None)
+    if base is not None:  # a preset written as changes to another
+        if not isinstance(base, str) or Path(base).stem == path.stem:
+            raise ConfigError(f"{path}: inherits must name another preset; got {base!r}")
+        values = merged(to_dict(load_preset(base)), values)
+        values["preset"] = path.stem
     values.setdefault("preset", path.stem)
     try:
         return from_dict(values)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
+
+
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied section by section (a nested dict merges)."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def resolve(cfg: Config) -> Config:

@@ -240,16 +240,22 @@ def verify_folder(folder: Path, advice: str) -> bool:
         items = list(digests.items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{folder}: unreadable {CHECKSUMS} ({e}); {advice}") from e
-    for name, digest in items:
+    check_digests(folder, dict(items), str(folder), advice)
+    return True
+
+
+def check_digests(folder: Path, digests: dict[str, str], what: str, advice: str) -> None:
+    """Every file of ``folder`` named in ``digests`` is there with that SHA-256, or a
+    :class:`CheckpointError` says which is missing or altered, in ``what``, and ``advice``."""
+    for name, digest in digests.items():
         path = folder / name
         if not path.is_file():
-            raise CheckpointError(f"{folder} is incomplete: {name} is missing; {advice}")
+            raise CheckpointError(f"{what} is incomplete: {name} is missing; {advice}")
         if sha256(path) != digest:
             raise CheckpointError(
-                f"{folder} is corrupt: {name} does not match its checksum (truncated or "
+                f"{what} is corrupt: {name} does not match its checksum (truncated or "
                 f"modified since it was written); {advice}"
             )
-    return True
 
 
 def copy_folder(src: Path, dst: Path, advice: str) -> Path:

@@ -170,6 +170,11 @@ class CarriedWindow:
         return K, V, torch.cat([carried, own], -1)[:, None]
 
 
+Cache = KVCache | _RowView | CarriedWindow
+"""What a block can attend against besides its own positions: rows advancing together, rows
+at their own pace, or the window carried from the previous segment."""
+
+
 def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int, seg: Tensor | None) -> Tensor:
     """Causal attention where position t sees keys in (t - window, t], same ``seg`` only.
 
@@ -214,7 +219,7 @@ class Attention(nn.Module):
         x: Tensor,
         rope: tuple[Tensor, Tensor],
         seg: Tensor | None = None,
-        cache: KVCache | _RowView | CarriedWindow | None = None,
+        cache: Cache | None = None,
     ) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -256,7 +261,7 @@ class Block(nn.Module):
         x: Tensor,
         rope: tuple[Tensor, Tensor],
         seg: Tensor | None = None,
-        cache: KVCache | _RowView | CarriedWindow | None = None,
+        cache: Cache | None = None,
     ) -> Tensor:
         x = x + self.attn(self.attn_norm(x), rope, seg, cache)
         return x + self.mlp(self.mlp_norm(x))

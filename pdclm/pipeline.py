@@ -160,7 +160,7 @@ def run_phases(
     names = only or cfg.phases
     if resume:
         check_resume(cfg, run_dir, names)
-    if cfg.run.budget > 0 and not cfg.run.scale:  # size every phase to this machine, once
+    if cfg.run.budget > 0 and not cfg.run.scale and only is None:  # size a whole run, once
         probed = probe_step_seconds(cfg) if dist.is_main() else 0.0  # the others wait
         sized = fit_to_budget(cfg, dist.broadcast(probed))
         validate(cfg)

@@ -166,3 +166,19 @@ def test_the_names_config_validates_against_match_their_registries():
     assert tuple(GYM_LEVELS) == config.GYM_TASKS
     assert tuple(GENERATORS) == config.GENERATED_TASKS
     assert tuple(LABELS) == config.BENCH_ARMS
+
+
+def test_a_preset_can_be_written_as_changes_to_another(tmp_path):
+    """``inherits``: the named preset, then this file's keys section by section; the memory
+    bench's preset is the tiny one with the README table's settings."""
+    child = tmp_path / "small.toml"
+    child.write_text('inherits = "tiny"\n[train]\nbatch = 3\n[pse.patcher]\nrule = "global"\n')
+    cfg, tiny = load_preset(str(child)), load_preset("tiny")
+    assert cfg.preset == "small" and cfg.train.batch == 3 and cfg.pse.patcher.rule == "global"
+    assert cfg.train.seq_len == tiny.train.seq_len  # the rest of the section is tiny's
+    assert cfg.pse.patcher.calibration_bytes == tiny.pse.patcher.calibration_bytes
+    memory = load_preset("memory")
+    assert memory.model == tiny.model and memory.bench.memory_pse_preset == "cpu"
+    child.write_text('inherits = "small"\n')
+    with pytest.raises(ConfigError, match="inherits must name another preset"):
+        load_preset(str(child))

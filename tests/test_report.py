@@ -11,26 +11,12 @@ from pathlib import Path
 import matplotlib.figure
 import pytest
 
-from pdclm.config import load_preset
+from pdclm.config import GENERATED_TASKS, GYM_TASKS, load_preset
 from pdclm.eval import claims
 from pdclm.eval.report import markdown, print_summary, task_table, write_report
 from pdclm.eval.tasks import plot_budget_sweep, plot_task_accuracy, wilson_interval
 
-TASKS = [
-    "basic_arithmetic",
-    "chain_sum",
-    "spell_backward",
-    "letter_counting",
-    "word_sequence_reversal",
-    "count_bits",
-    "simple_equations",
-    "number_sorting",
-    "arithmetic",
-    "grid_path",
-    "hanoi",
-    "bank",
-    "registers",
-]
+TASKS = [*GYM_TASKS, *GENERATED_TASKS]
 
 
 def task_results(accuracy: float, n: int = 40) -> dict:

@@ -31,6 +31,7 @@ torch search against the faiss IVF index, with the index's recall of the exact t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import resource
 import time
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 
 from pdclm.bench.common import run_spawned, stamp
-from pdclm.config import Config
+from pdclm.config import Config, load_preset, resolve
 from pdclm.data.ingest import read_manifest, stdlib_sources
 from pdclm.data.shards import BatchSampler, ShardSet
 from pdclm.io import write_json_atomic
@@ -327,16 +328,32 @@ def lsm_latency(
 
 def bench_pse(cfg: Config, out_dir: Path, progress: bool = True) -> None:
     """Save to ``out_dir/pse`` the PSE every variant reads with, and set ``cfg.pse`` to match:
-    one trained from the preset, or the trained one of ``bench.memory_pse`` (a model folder):
-    its entropy model, and its patch rule and threshold unless ``pse.patcher.threshold`` is set
-    (then ``pse.patcher`` as given). Either way the corpus is ingested (text rows, held-out
-    long documents)."""
-
-    if not cfg.bench.memory_pse:
+    one trained from the preset, one trained as ``bench.memory_pse_preset``'s Phase 1 would
+    (on ``bench.memory_pse_bytes`` of the same sources), or the trained one of
+    ``bench.memory_pse`` (a model folder). From the last two the bench takes the entropy
+    model, and its patch rule and threshold unless ``pse.patcher.threshold`` is set (then
+    ``pse.patcher`` as given). Either way the corpus is ingested (text rows, held-out long
+    documents)."""
+    b = cfg.bench
+    if not b.memory_pse and not b.memory_pse_preset:
         pse = prepare_pse(RunContext(cfg, out_dir, progress=progress))
         save_model(pse.model, cfg, out_dir / "pse")
         return
-    given, pcfg = load_model(cfg.bench.memory_pse)  # a bad path fails before the ingest
+    if b.memory_pse:
+        given, pcfg = load_model(b.memory_pse)  # a bad path fails before the ingest
+        source = b.memory_pse
+    else:
+        pcfg = load_preset(b.memory_pse_preset)
+        pcfg.data = dataclasses.replace(  # that preset's data settings, the bench's sources
+            pcfg.data,
+            sources=cfg.data.sources,
+            jsonl_field=cfg.data.jsonl_field,
+            dir="",
+            max_bytes=b.memory_pse_bytes or pcfg.data.max_bytes,
+        )
+        resolve(pcfg)
+        given = prepare_pse(RunContext(pcfg, out_dir / "pse-training", progress=progress)).model
+        source = f"trained as preset {b.memory_pse_preset} on {pcfg.data.max_bytes:,} bytes"
     prepare_shared(cfg, progress=progress)
     cfg.pse.entropy = pcfg.pse.entropy
     if cfg.pse.patcher.threshold <= 0:
@@ -344,10 +361,7 @@ def bench_pse(cfg: Config, out_dir: Path, progress: bool = True) -> None:
     model = PDCLM(cfg.pse, cfg.model)  # the bench's model around the given entropy model
     model.entropy.load_state_dict(given.entropy.state_dict())
     model.threshold.fill_(cfg.pse.patcher.threshold or float(given.threshold))
-    print(
-        f"PSE {cfg.bench.memory_pse}: rule {cfg.pse.patcher.rule}, "
-        f"threshold {float(model.threshold):.2f} bits"
-    )
+    print(f"PSE {source}: rule {cfg.pse.patcher.rule}, threshold {float(model.threshold):.2f} bits")
     save_model(model, cfg, out_dir / "pse")
 
 

@@ -28,6 +28,7 @@ from pdclm.config import from_dict
 from pdclm.dist import barrier, is_main, part
 from pdclm.io import (
     CheckpointError,
+    check_digests,
     load_state,
     load_weights,
     save_weights,
@@ -193,15 +194,8 @@ def read_meta(path: Path, verify: bool = True) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} has no readable meta.json: {e}") from e
     if verify:
-        for name, digest in meta.get("sha256", {}).items():
-            f = path / name
-            if not f.exists():
-                raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
-            if sha256(f) != digest:
-                raise CheckpointError(
-                    f"checkpoint {path} is corrupt: {name} does not match its checksum "
-                    "(truncated or modified); delete it to resume from an earlier one"
-                )
+        advice = "delete it to resume from an earlier one"
+        check_digests(path, meta.get("sha256", {}), f"checkpoint {path}", advice)
     return meta
 
 
