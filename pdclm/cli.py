@@ -848,6 +848,7 @@ def cmd_selfplay(args: SelfplayCmd) -> dict:
 
 
 def cmd_eval(args: EvalCmd) -> dict:
+    from pdclm.eval.text import text_bpb
     from pdclm.model.io import find_model_dir, load_model
 
     folder = find_model_dir(args.ckpt)
@@ -858,7 +859,12 @@ def cmd_eval(args: EvalCmd) -> dict:
                 "--memory carries a memory over the run's held-out shards; give --data or "
                 "--memory, not both"
             )
-        return eval_text(model, cfg, args.data)
+        result = text_bpb(model, cfg, args.data)
+        print(
+            f"bits per byte: {result['bpb']:.4f} over {result['bytes']:,} bytes "
+            f"({result['documents']} document(s) of {args.data})"
+        )
+        return result
     return eval_shards(model, cfg, run_shards(cfg.data.dir, folder), args)
 
 
@@ -878,62 +884,6 @@ def run_shards(data_dir: str, model_dir: Path) -> Path:
         f"the shards the model was trained on ({data_dir}) are not there; score other text "
         "with --data FILE|DIR|-"
     )
-
-
-def eval_text(model, cfg: Config, source: str) -> dict:
-    """Bits per byte of ``model`` on the text of ``source`` (a file, a folder or ``-``), read
-    as ``prepare`` reads it: each document ``[BOS, *bytes, EOS]``, in windows of the model's
-    ``train.seq_len`` that predict each byte once. The model computes its own entropy profile,
-    and so its patches, from the text, as in generation."""
-    import numpy as np
-    import torch
-
-    from pdclm.data.ingest import DataError, resolve_sources
-    from pdclm.model.pdclm import next_symbol_loss
-    from pdclm.vocab import BOS, EOS
-
-    n, rows = cfg.train.seq_len, cfg.train.batch
-    total = {"bits": 0.0, "bytes": 0, "documents": 0}
-    full: list[np.ndarray] = []
-
-    def score(windows: list[np.ndarray]) -> None:
-        t = torch.from_numpy(np.stack(windows))
-        k = int((t[:, 1:] < 256).sum())  # byte targets (not the end-of-document symbol)
-        if k:
-            total["bits"] += float(next_symbol_loss(model(t), t[:, 1:])[1]) * k
-            total["bytes"] += k
-
-    with torch.no_grad():
-        for doc in resolve_sources([source], cfg.data.jsonl_field):
-            data = doc.read(None)  # the whole document
-            if not data:
-                continue
-            total["documents"] += 1
-            syms = np.concatenate([[BOS], np.frombuffer(data, np.uint8), [EOS]]).astype(np.int64)
-            for start in range(0, len(syms) - 1, n):  # windows overlap by one symbol
-                window = syms[start : start + n + 1]
-                if len(window) <= n:
-                    score([window])  # a document's last, shorter window: alone
-                    continue
-                full.append(window)
-                if len(full) == rows:
-                    score(full)
-                    full.clear()
-        if full:
-            score(full)
-    if not total["bytes"]:
-        raise DataError(f"--data {source}: no text to score (empty)")
-    result = {
-        "bpb": total["bits"] / total["bytes"],
-        "bytes": total["bytes"],
-        "documents": total["documents"],
-        "data": source,
-    }
-    print(
-        f"bits per byte: {result['bpb']:.4f} over {result['bytes']:,} bytes "
-        f"({result['documents']} document(s) of {source})"
-    )
-    return result
 
 
 def eval_shards(model, cfg: Config, data_dir: Path, args: EvalCmd) -> dict:
