@@ -191,7 +191,7 @@ CHECKSUMS = "checksums.json"
 """In a folder written by :func:`atomic_folder`: the SHA-256 of every other file in it."""
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)  # a folder too: its entries (the renames) become durable
     try:
         os.fsync(fd)
@@ -215,17 +215,23 @@ def atomic_folder(final: Path) -> Iterator[Path]:
         digests = {p.relative_to(tmp).as_posix(): sha256(p) for p in files}
         write_json_atomic(tmp / CHECKSUMS, {"sha256": digests})
         for p in [*files, tmp]:
-            _fsync(p)
-        aside = final.with_name(f".{final.name}.old")
-        shutil.rmtree(aside, ignore_errors=True)
-        if final.exists():
-            os.replace(final, aside)
-        os.replace(tmp, final)
-        _fsync(final.parent)
-        shutil.rmtree(aside, ignore_errors=True)
+            fsync(p)
+        replace_folder(tmp, final)
+        fsync(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``final``; an older ``final`` is moved aside
+    first and removed after, so a kill leaves one whole folder under one of the names."""
+    aside = final.with_name(f".{final.name}.old")
+    shutil.rmtree(aside, ignore_errors=True)
+    if final.exists():
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def verify_folder(folder: Path, advice: str) -> bool:
@@ -236,11 +242,10 @@ def verify_folder(folder: Path, advice: str) -> bool:
     if not listing.exists():
         return False
     try:
-        digests = json.loads(listing.read_text())["sha256"]
-        items = list(digests.items())
+        digests = dict(json.loads(listing.read_text())["sha256"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{folder}: unreadable {CHECKSUMS} ({e}); {advice}") from e
-    check_digests(folder, dict(items), str(folder), advice)
+    check_digests(folder, digests, str(folder), advice)
     return True
 
 

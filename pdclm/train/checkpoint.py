@@ -14,7 +14,6 @@ only when complete, so a run killed mid-save leaves the previous checkpoint as t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -29,8 +28,10 @@ from pdclm.dist import barrier, is_main, part
 from pdclm.io import (
     CheckpointError,
     check_digests,
+    fsync,
     load_state,
     load_weights,
+    replace_folder,
     save_weights,
     sha256,
     write_json_atomic,
@@ -66,7 +67,7 @@ def save_checkpoint(
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
-        _fsync(f)
+        fsync(f)
     _publish(tmp, final, keep)
     return final
 
@@ -85,20 +86,10 @@ def _fresh_tmp(ckpt_dir: Path, step: int) -> tuple[Path, Path]:
     return final, tmp
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
 def _publish(tmp: Path, final: Path, keep: int) -> None:
     """Rename the complete ``tmp`` to ``final`` (an older save of the same step is moved
     aside first, then removed) and keep only the newest ``keep`` checkpoints."""
-    aside = final.with_name(f".{final.name}.old")
-    shutil.rmtree(aside, ignore_errors=True)
-    if final.exists():
-        os.replace(final, aside)
-    os.replace(tmp, final)
-    shutil.rmtree(aside, ignore_errors=True)
+    replace_folder(tmp, final)
     for old in list_checkpoints(final.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -142,7 +133,7 @@ def save_sharded(
     if is_main():
         meta = {"step": step, "extra": extra or {}, "format": "dcp", "ranks": part().world}
         write_json_atomic(tmp / "meta.json", meta)
-        _fsync(tmp / "meta.json")
+        fsync(tmp / "meta.json")
         _publish(tmp, final, keep)
     barrier()
     return final
