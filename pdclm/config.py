@@ -148,9 +148,11 @@ class DecoderConfig:
 
     layers: int = 2
     heads: int = 4
-    window: int = 0
-    """Bytes each decoder position attends to, across patch boundaries (a decoder that reaches
-    earlier bytes can copy from the question); 0: only the earlier bytes of its own patch."""
+    window: int = 128
+    """Bytes each decoder position attends to, across patch boundaries: a decoder that reaches
+    earlier bytes copies from the question (``pdclm bench chars``, tiny preset: copy 1.00 with
+    a 64-byte window against 0.31 confined to the patch); 0: only the earlier bytes of its own
+    patch, so every byte of the question reaches it through the patch vectors alone."""
 
 
 @dataclass
@@ -381,7 +383,11 @@ class CognitiveConfig:
     episodes_per_round: int = 3000
     """Gold-trace episodes generated per round, spread over tasks by the curriculum."""
     probe_items: int = 16
-    """Fresh training questions per task solved at the start of each round (curriculum)."""
+    """Development questions per task and level, solved at the task's level at the start of
+    each round (the curriculum's probe): the same every round and never trained on."""
+    space_draws: int = 2000
+    """Questions sampled per task and level to estimate a question space that cannot be
+    counted (reported once per Phase 2 run; 0 skips the count)."""
     proposals: int = 64
     """Self-play: questions the model proposes per round (own generators, checked by their
     executors)."""
@@ -460,6 +466,13 @@ class RLConfig:
     """Share of prompts that cannot be answered from what they give (saying so is rewarded)."""
     robustness_items: int = 32
     """Held-out questions per task in the perturbed-wording robustness check."""
+    probe_items: int = 16
+    """Development questions per task (disjoint from the evaluation's, never trained on) whose
+    greedy accuracy picks the model Phase 3 keeps: the Phase 2 model or the policy after one of
+    its probe windows, whichever scores best (a few RL updates can lower accuracy); 0: no
+    probe, the last policy is kept."""
+    probe_every: int = 5
+    """Policy updates (``steps``) per probe window; the last update always ends one."""
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     reflection: ReflectionConfig = field(default_factory=ReflectionConfig)
 
@@ -814,11 +827,20 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cg.unanswerable_share < 1.0, "cognitive.unanswerable_share must be in [0, 1)")
     need(0.0 <= cg.question_weight <= 1.0, "cognitive.question_weight must be in [0, 1]")
     need(cg.lr > 0 and cg.temperature > 0, "cognitive.lr and cognitive.temperature must be > 0")
-    for name in ("warmup", "episodes_per_round", "probe_items", "proposals", "dialogue_items"):
+    for name in (
+        "warmup",
+        "episodes_per_round",
+        "probe_items",
+        "proposals",
+        "dialogue_items",
+        "space_draws",
+    ):
         need(getattr(cg, name) >= 0, f"cognitive.{name} must be >= 0")
     rl = cfg.rl
     for name in ("steps", "prompts", "group", "updates", "reflect_every", "robustness_items"):
         need(getattr(rl, name) >= 1, f"rl.{name} must be >= 1")
+    need(rl.probe_items >= 0, "rl.probe_items must be >= 0 (0: keep the last policy)")
+    need(rl.probe_every >= 1, "rl.probe_every must be >= 1")
     need(rl.group >= 2, "rl.group must be >= 2 (advantages are relative within a group)")
     need(rl.lr > 0 and rl.temperature > 0, "rl.lr and rl.temperature must be > 0")
     need(rl.warmup >= 0, "rl.warmup must be >= 0")

@@ -6,7 +6,9 @@ given (``window=None``) or over a causal local window, optionally only among pos
 same segment (the decoder's "same patch" rule). Each block can also run one position at a
 time against a cache, which is what makes generation incremental: :class:`KVCache` for rows
 that advance together, :class:`RowKVCache` for rows that advance at their own pace (the
-latent stack, where each row closes patches at different steps).
+latent stack, where each row closes patches at different steps). An empty cache given many
+positions at once (a prompt's prefill) is filled: the block attends exactly as without a
+cache, and the cache keeps what later single steps would have seen.
 """
 
 from __future__ import annotations
@@ -64,6 +66,16 @@ class KVCache:
     def reset(self) -> None:
         self.k = self.v = self.seg = None
 
+    @property
+    def empty(self) -> bool:
+        return self.k is None
+
+    def fill(self, k: Tensor, v: Tensor, seg: Tensor | None = None) -> None:
+        """Hold (B, H, T, D) keys/values of T positions at once, as T appends would."""
+        w = self.window or k.shape[2]
+        self.k, self.v = k[:, :, -w:].clone(), v[:, :, -w:].clone()
+        self.seg = None if seg is None else seg[:, -w:].clone()
+
     def select(self, rows: Tensor) -> None:
         """Keep only these rows (finished sequences leave the batch)."""
         if self.k is not None:
@@ -73,7 +85,9 @@ class KVCache:
     def append(
         self, k: Tensor, v: Tensor, seg: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Add (B, H, 1, D) keys/values; return all visible keys, values and a mask (or None)."""
+        """Add (B, H, 1, D) keys/values; return all visible keys, values and a mask (or None).
+
+        Many positions at once go to :meth:`fill` instead (only from empty)."""
         one_position(k)
         self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
         self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
@@ -100,8 +114,14 @@ class RowKVCache:
         self.v: Tensor | None = None
         self.length = torch.zeros(batch, dtype=torch.long)
 
-    def rows(self, index: Tensor) -> _RowView:
-        return _RowView(self, index)
+    def rows(self, index: Tensor) -> RowView:
+        return RowView(self, index)
+
+    def truncate(self, lengths: Tensor) -> None:
+        """Keep only each row's first ``lengths`` (B,) positions: a prefill reads a padded grid
+        of patches, of which only the finished ones belong in the cache (the rest are
+        overwritten by later appends)."""
+        self.length = lengths.to(self.length.device).clone()
 
     def select(self, rows: Tensor) -> None:
         """Keep only these rows (finished sequences leave the batch)."""
@@ -120,11 +140,23 @@ class RowKVCache:
             self.k, self.v = (F.pad(t, (0, 0, 0, pad)) for t in (self.k, self.v))
 
 
-class _RowView:
+class RowView:
     """The rows of a :class:`RowKVCache` that step in the current call."""
 
     def __init__(self, cache: RowKVCache, index: Tensor) -> None:
         self.cache, self.index = cache, index
+
+    @property
+    def empty(self) -> bool:
+        return self.cache.k is None
+
+    def fill(self, k: Tensor, v: Tensor, seg: Tensor | None = None) -> None:
+        """Hold T positions of keys/values (len(index), H, T, D) for these rows of an empty
+        cache; each row's length becomes T (see :meth:`RowKVCache.truncate`)."""
+        c, idx = self.cache, self.index
+        c._grow(k, k.shape[2])
+        c.k[idx, :, : k.shape[2]], c.v[idx, :, : k.shape[2]] = k, v
+        c.length[idx] = k.shape[2]
 
     def append(
         self, k: Tensor, v: Tensor, seg: Tensor | None = None
@@ -149,6 +181,8 @@ class CarriedWindow:
     after :meth:`append` they hold what the next segment carries: the last ``window`` of the
     first ``n_real`` (B,) new positions (the rest of each row is padding)."""
 
+    empty = False  # never filled: it attends its segment itself
+
     def __init__(self, k: Tensor, v: Tensor, valid: Tensor, n_real: Tensor) -> None:
         self.k, self.v, self.valid, self.n_real = k, v, valid, n_real
 
@@ -170,7 +204,7 @@ class CarriedWindow:
         return K, V, torch.cat([carried, own], -1)[:, None]
 
 
-Cache = KVCache | _RowView | CarriedWindow
+Cache = KVCache | RowView | CarriedWindow
 """What a block can attend against besides its own positions: rows advancing together, rows
 at their own pace, or the window carried from the previous segment."""
 
@@ -224,6 +258,11 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None and cache.empty and T > 1:
+            # a prefill: attend as the uncached forward does (its masks, its O(T * window)
+            # local attention), and leave the cache as T single steps would have
+            cache.fill(k, v, seg)
+            cache = None
         if cache is not None:
             # the cache holds exactly what the new positions may see: only segments, per-row
             # lengths or the carried window need a mask
@@ -286,7 +325,7 @@ class Stack(nn.Module):
         x: Tensor,
         positions: Tensor | None = None,
         seg: Tensor | None = None,
-        caches: list[KVCache] | list[_RowView] | None = None,
+        caches: list[KVCache] | list[RowView] | None = None,
     ) -> Tensor:
         """``positions``: (T,) shared by all rows, or (B, T) per row (cached steps only)."""
         if positions is None:

@@ -196,6 +196,28 @@ def test_a_tiny_phase2_run_lifts_a_task_above_its_constant_baseline(parity_run):
     assert trained and not trained & held
 
 
+def test_phase2_reports_dev_accuracy_against_steps_and_question_spaces(parity_run):
+    _, run, report = parity_run
+    p2 = report["phase2"]
+    record = p2["accuracy_vs_steps"]
+    assert [r["round"] for r in record] == [0, 1]  # one entry per round...
+    assert [r["step"] for r in record] == [0, 75]  # ...at the step its probe ran (150 / 2)
+    for r, meta in zip(record, p2["rounds"], strict=True):
+        assert r["step"] == meta["probe_step"] and r["tasks"] == meta["probe_success"]
+        assert set(r["tasks"]) == {"parity"} and r["mean"] == r["tasks"]["parity"]
+        assert r["levels"] == meta["probe_levels"] and 0 <= r["mean"] <= 1
+    assert "phase2_accuracy_vs_steps.png" in p2["plots"]
+    assert (run / "phase2_accuracy_vs_steps.png").stat().st_size > 10_000
+    spaces = p2["question_space"]
+    assert spaces["draws"] == 2000 and spaces["seconds"] < 10
+    rows = {r["level"]: r for r in spaces["rows"]}
+    assert sorted(rows) == [1, 2, 3, 4, 5] and {r["task"] for r in rows.values()} == {"parity"}
+    assert [rows[k]["held_out"] for k in rows] == [40 + 4, 4, 4, 4, 4]  # eval + dev, dev
+    one = rows[1]  # parity asks about 0..99,999: sampled, never exact
+    assert not one["exact"] and 30_000 < one["estimate"] < 300_000
+    assert one["held_out_share"] == pytest.approx(44 / one["estimate"])
+
+
 def test_a_tiny_phase3_run_raises_the_correctness_reward(parity_run, corpus, monkeypatch):
     from pdclm.pipeline import run_phases
 
@@ -219,3 +241,80 @@ def test_a_tiny_phase3_run_raises_the_correctness_reward(parity_run, corpus, mon
     )
     p3 = report["phase3"]
     assert p3["tasks"]["parity"]["n"] == 40 and "reflect" in p3["robustness"]
+
+
+def test_the_curriculum_probe_never_sees_a_trained_question(tmp_path, monkeypatch):
+    """The probe asks development questions: fixed per task and level, disjoint from the final
+    evaluation's, and absent from every round's training episodes, self-play included (hanoi's
+    level 1 has 78 questions, so a probe drawn from the training stream would overlap the 300
+    episodes). Generation is faked: the probe answers right (so levels rise), the proposer
+    proposes development questions, the solvers answer wrong."""
+    import pdclm.train.cognitive as cognitive
+    from pdclm.eval.tasks import dev_sets, held_out_sets
+
+    cfg = load_preset("tiny")
+    cfg.cognitive.text_share, cfg.cognitive.episodes_per_round = 0.0, 300
+    sets = held_out_sets(cfg.tasks)
+    data = cognitive.RoundData(cfg, tmp_path / "rounds", sets, None)  # no text rows
+    probed: list[list] = []
+
+    def probe_answers_right(model, items, *args, **kwargs):  # only the probe calls run_items
+        probed.append(list(items))
+        return [Solution(it.question, it.steps, it.answer, False, 1) for it in items]
+
+    def proposes_dev_questions(model, prompts, *args, **kwargs):
+        out = []
+        for j, prompt in enumerate(prompts):
+            opened = bytes(prompt[1:]).decode()
+            name = "hanoi" if opened.startswith("Tower") else "arithmetic"
+            fresh = (it for s in range(99) for it in make_source(name).sample(s, 1, 1))
+            q = (
+                data.dev[name][1][0].question
+                if j < 2
+                else next(it.question for it in fresh if it.question not in data.exclude)
+            )
+            out.append(list(q[len(opened) :].encode()))
+        return out
+
+    def answers_wrong(model, questions, *args, **kwargs):
+        return [Solution(q, (), "", False, 0) for q in questions]
+
+    monkeypatch.setattr(cognitive, "run_items", probe_answers_right)
+    monkeypatch.setattr(selfplay, "complete", proposes_dev_questions)
+    monkeypatch.setattr(selfplay, "solve", answers_wrong)
+    metas = [data.build(r, torch.nn.Identity(), progress=False) for r in range(2)]
+
+    evaluation = {it.question for items in sets.values() for it in items}
+    dev = {it.question for it in data.dev_items()}
+    assert {name: sorted(levels) for name, levels in data.dev.items()} == {
+        "chain_sum": [1, 2, 3],
+        "spell_backward": [1, 2, 3],
+        "arithmetic": [1, 2, 3, 4, 5],
+        "hanoi": [1, 2, 3, 4, 5],
+    }
+    assert all(len(items) == 4 for v in data.dev.values() for items in v.values())
+    assert not dev & evaluation and dev | evaluation <= data.exclude
+    phase3 = dev_sets(cfg.tasks, cfg.rl.probe_items, sets)  # Phase 3's probe: never trained
+    assert {it.question for items in phase3.values() for it in items} <= data.exclude
+    again = cognitive.RoundData(cfg, tmp_path / "rounds", sets, None)  # what a resume rebuilds
+    assert [it.question for it in again.dev_items()] == [it.question for it in data.dev_items()]
+    trained = set()
+    for r in range(2):
+        for line in data.paths(r)[0].read_text().splitlines():
+            row = json.loads(line)
+            q = row["question"]  # a dialogue episode: other agents' answers, then the question
+            trained.add(q.split("\n", 1)[1] if row["kind"] == "dialogue" else q)
+    assert sum(q.startswith("Tower of Hanoi") for q in trained) > 30
+    assert len(probed) == 2
+    for meta, items in zip(metas, probed, strict=True):
+        asked = {it.question for it in items}
+        assert asked and asked <= dev and not asked & trained and not asked & evaluation
+        for it in items:  # each task at the level it had when the probe began
+            assert it.level == meta["probe_levels"][it.source]
+            assert it in data.dev[it.source][it.level]
+        assert meta["proposer"]["rejected_held_out"] == 2 and meta["proposer"]["accepted"] == 2
+        assert meta["episodes"]["gold"] == 2 and meta["episodes"]["dialogue"] == 0
+    assert not dev & trained  # every level's development set, not just the probed ones
+    assert set(metas[0]["probe_levels"].values()) == {1}  # all right: every task moved up
+    assert set(metas[1]["probe_levels"].values()) == {2}
+    assert [m["probe_step"] for m in metas] == [0, cognitive.round_bounds(cfg)[0]]

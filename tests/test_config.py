@@ -178,7 +178,8 @@ def test_a_preset_can_be_written_as_changes_to_another(tmp_path):
     assert cfg.train.seq_len == tiny.train.seq_len  # the rest of the section is tiny's
     assert cfg.pse.patcher.calibration_bytes == tiny.pse.patcher.calibration_bytes
     memory = load_preset("memory")
-    assert memory.model == tiny.model and memory.bench.memory_pse_preset == "cpu"
+    assert memory.model.latent == tiny.model.latent and memory.bench.memory_pse_preset == "cpu"
+    assert (memory.model.decoder.layers, memory.model.decoder.window) == (1, 0)  # the table's
     child.write_text('inherits = "small"\n')
     with pytest.raises(ConfigError, match="inherits must name another preset"):
         load_preset(str(child))

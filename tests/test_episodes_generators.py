@@ -110,9 +110,11 @@ def test_make_is_unchanged():
         ("59 - 1 = 58", "withdraw 70 declined", "58 - 4 = 54", "withdraw 66 declined"),
         "54",
     )
-    task = GENERATORS["hanoi"].make(random.Random(0), 1)
+    task = GENERATORS["hanoi"].make(random.Random(0), 1)  # the puzzle as ever, a new wording
     assert (task.question, task.steps, task.answer) == (
-        HANOI.format(3, "3", "2,1", "-", "B"),
+        "Tower of Hanoi, disks 1 (smallest) to 3. Pegs: B=2,1 C=- A=3. In the fewest moves, stack "
+        "all the disks on peg B: one disk per move, and never a larger disk on a smaller one. "
+        "Answer with the moves as source-target pairs, e.g. AC AB.",
         (
             "disk 1 B -> A",
             "disk 2 B -> C",
@@ -172,6 +174,7 @@ BANK = (
         ("hanoi", HANOI.format(3, "3,1", "2", "2", "C")),  # disk 2 twice
         ("hanoi", HANOI.format(3, "3,1", "2", "-", "D")),  # unknown target peg
         ("hanoi", HANOI.format(3, "3,1", "2", "-", "C").replace("C=-", "D=-")),  # unknown peg
+        ("hanoi", HANOI.format(3, "3,1", "2", "-", "C").replace("B=2", "A=2")),  # A listed twice
         ("hanoi", HANOI.format(3, "3,1", "2", "", "C")),  # empty peg not written as -
         ("hanoi", HANOI.format(3, "3, 1", "2", "-", "C")),  # not how the generator writes pegs
         ("hanoi", HANOI.format(3, "-", "-", "3,2,1", "C")),  # already solved
@@ -208,11 +211,12 @@ def test_parse_infers_the_level_from_the_size():
 
 
 def test_hanoi_has_many_questions_per_level():
-    """Held-out sets are deduplicated against training by question, so one question per level
-    would leave nothing to train on."""
+    """Held-out sets are deduplicated against training by question, so a few questions per
+    level would leave nothing to train on: 78 puzzles at level 1, each in 4 wordings with the
+    pegs listed in any of 6 orders."""
     rng = random.Random(0)
     questions = {GENERATORS["hanoi"].make(rng, 1).question for _ in range(500)}
-    assert 50 <= len(questions) <= 3**3 * 3 - 3
+    assert 400 <= len(questions) <= GENERATORS["hanoi"].space(1) == 78 * 4 * 6
 
 
 def hanoi_distance(where: tuple[str, ...], target: str) -> int:

@@ -120,6 +120,25 @@ def test_generation_stream_equals_the_forward():
     assert torch.allclose(steps, full[:, :100], atol=1e-5)
 
 
+def test_prefill_of_a_memory_stream_equals_pushing_the_prompt():
+    """With memory a prompt is still read symbol by symbol (computing only the segment ends
+    and the last symbol): the same logits, state and continuation as pushing it all."""
+    model, _ = memory_model(32, decoder_window=40)
+    tokens = letters(100)
+    with torch.no_grad():
+        full = model(tokens)
+    pushed, filled = MemoryStream(model, 2), MemoryStream(model, 2)
+    for t in range(77):  # two whole segments and part of the third
+        ref = pushed.push(tokens[:, t])
+    logits = filled.prefill(tokens[:, :77])
+    assert filled.state.pos == pushed.state.pos == 64
+    torch.testing.assert_close(filled.pending, pushed.pending)
+    for t in range(77, 99):
+        torch.testing.assert_close(logits, ref, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(logits, full[:, t - 1], atol=1e-5, rtol=1e-5)
+        ref, logits = pushed.push(tokens[:, t]), filled.push(tokens[:, t])
+
+
 @pytest.mark.parametrize(("train", "decoder_window"), [(False, 0), (True, 0), (True, 40)])
 def test_future_symbols_never_change_past_outputs(train, decoder_window):
     model, _ = memory_model(32, decoder_window=decoder_window)

@@ -1,4 +1,5 @@
-"""The model: causality through PSE + latent + decoder, cached generation = full forward."""
+"""The model: causality through PSE + latent + decoder, cached generation = full forward,
+prompt prefill = pushing the prompt."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 
 from pdclm.bench.baselines import TokenTransformer, matched_transformer, non_embedding_params
 from pdclm.config import Config
-from pdclm.model.pdclm import PDCLM, next_symbol_loss
+from pdclm.model.pdclm import PDCLM, Stream, complete, next_symbol_loss
 from pdclm.pse.entropy import EntropyModel, EntropyStream, profile_long
 from pdclm.vocab import BOS
 
@@ -186,3 +187,65 @@ def test_a_decoder_window_reaches_bytes_of_earlier_patches():
             a, b = model(tokens), model(changed)
         moved = not torch.allclose(a[:, 48:60], b[:, 48:60])
         assert moved == reaches, window
+
+
+ROW_STATE = (*Stream._ROW_STATE, "length")
+
+
+def test_prefill_leaves_the_stream_as_pushes_do():
+    """A prompt read in one pass leaves the stream as pushing it byte by byte does, for every
+    patch rule and decoder window: the same next logits, 20 more steps, and the full forward."""
+    tokens = random_tokens(90, batch=3)
+    for rule in ("entropy_jump", "global", "whitespace", "stride"):
+        for window in (0, 24):
+            model = small_model(rule=rule, decoder_window=window)
+            T = 41 + 7 * len(rule) % 20  # prompts end at different points of their patches
+            with torch.no_grad():
+                full = model(tokens)
+                pushed, filled = model.start_stream(3), model.start_stream(3)
+                for t in range(T):
+                    ref = pushed.push(tokens[:, t])
+                logits = filled.prefill(tokens[:, :T])
+                for name in ROW_STATE:
+                    a, b = getattr(pushed, name), getattr(filled, name)
+                    assert torch.is_tensor(a) or a == b, name
+                    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5, msg=name)
+                for t in range(T, T + 21):
+                    torch.testing.assert_close(logits, ref, atol=2e-5, rtol=1e-5)
+                    torch.testing.assert_close(logits, full[:, t - 1], atol=2e-4, rtol=1e-4)
+                    ref, logits = pushed.push(tokens[:, t]), filled.push(tokens[:, t])
+
+
+def test_rows_leaving_a_prefilled_stream_go_on_exactly():
+    tokens = random_tokens(80, batch=4)
+    for window in (0, 24):
+        model = small_model(decoder_window=window)
+        with torch.no_grad():
+            full = model(tokens)
+            stream = model.start_stream(batch=4)
+            logits = stream.prefill(tokens[:, :45])
+            torch.testing.assert_close(logits, full[:, 44], atol=2e-4, rtol=1e-4)
+            rows = [3, 1, 0]  # drop a row and reorder the others
+            stream.select(torch.tensor(rows))
+            for t in range(45, 79):
+                logits = stream.push(tokens[rows, t])
+                torch.testing.assert_close(logits, full[rows, t], atol=2e-4, rtol=1e-4)
+
+
+def test_complete_and_generate_give_the_same_outputs_with_prefill():
+    """Ragged prompts: the shared length is prefilled, the rest read byte by byte; greedy
+    outputs equal those of reading everything byte by byte."""
+    model = small_model(decoder_window=24)
+    tokens = random_tokens(100, batch=3)
+    prompts = [tokens[0, :50].tolist(), tokens[1, :63].tolist(), tokens[2, :41].tolist()]
+    args = (model, prompts, 12, frozenset({300}), 0.0)
+    assert complete(*args) == complete(*args, prefill=False)
+    greedy = list(model.generate(prompts[1], max_new=8, temperature=0))
+    stream, ref = model.start_stream(), []
+    with torch.no_grad():
+        for s in prompts[1]:
+            logits = stream.push_one(s)
+        for _ in range(8):
+            ref.append(int(logits.argmax()))
+            logits = stream.push_one(ref[-1])
+    assert greedy == ref

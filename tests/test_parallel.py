@@ -221,6 +221,11 @@ def test_a_fresh_two_rank_run_goes_through_every_phase(tmp_path, corpus):
     assert "Traceback" not in out and "pdclm: error" not in out, out[-4000:]
     report = json.loads((run / "report.json").read_text())
     assert {"phase1", "phase2", "phase3"} <= set(report)
+    probe = report["phase3"]["probe"]  # both ranks probed and chose alike; rank 0 wrote
+    assert [r["update"] for r in probe["history"]] == [0, 2] and probe["items"] == 8
+    assert (
+        run / "reflective" / "best" / f"update_{probe['kept']['update']:05d}.safetensors"
+    ).exists()
     assert (run / "report.md").exists()
     assert sorted(p.name for p in (run / "phases").iterdir()) == [
         "cognitive.json",

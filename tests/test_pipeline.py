@@ -323,6 +323,17 @@ def test_a_run_killed_in_any_phase_resumes_to_the_same_weights(tmp_path, corpus,
     monkeypatch.setattr(RolloutBatches, "batch", real_rollouts)
     assert main(["run", *args, "--resume", str(tmp_path / "killed")]) == 0
 
+    # Phase 3's probe (before the kill: the Phase 2 model and update 2; after it: update 4)
+    # reads the same and keeps the same model
+    probes = [
+        json.loads((tmp_path / run / "report.json").read_text())["phase3"]["probe"]
+        for run in ("straight", "killed")
+    ]
+    readings = [
+        [{k: v for k, v in r.items() if k != "seconds"} for r in p["history"]] for p in probes
+    ]
+    assert [r["update"] for r in readings[0]] == [0, 2, 4]
+    assert readings[0] == readings[1] and probes[0]["kept"] == probes[1]["kept"]
     a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
     assert a.keys() == b.keys()

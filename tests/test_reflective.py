@@ -1,5 +1,6 @@
 """Phase 3: reward channels, group-relative advantages, the clipped objective, the reflection
-network, robustness perturbations and the unanswerable-question transform."""
+network, robustness perturbations, the unanswerable-question transform, and the development
+probe that keeps the best model (and seeds the prompt curriculum)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import random
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+import pdclm.train.reflective as reflective
 from pdclm.cognition.ccm import Budget, Solution, check, solve
 from pdclm.cognition.reflection import Reflector, corrupt_text, gold_pair, score, score_positions
 from pdclm.cognition.rewards import (
@@ -21,13 +24,16 @@ from pdclm.cognition.rewards import (
     ungrounded,
 )
 from pdclm.config import RewardsConfig, load_preset
-from pdclm.data.episodes import Episode, format_episode
+from pdclm.data.episodes import Episode, format_episode, prompt
 from pdclm.data.generators import GENERATORS
 from pdclm.data.tasks import UNANSWERABLE, Item, make_source, training_items, unanswerable, verify
 from pdclm.eval.robustness import perturb, template_words
+from pdclm.model.io import save_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.train.critic import train_reflector
 from pdclm.train.grpo import action_logprobs, clipped_objective, grpo_loss_fn, rollout_tensors
+from pdclm.train.phase import RunContext
+from pdclm.train.reflective import RolloutBatches, held_out_questions, probe_windows
 from pdclm.vocab import END_THINK, EOS
 
 
@@ -236,3 +242,148 @@ def test_unanswerable_questions_hide_a_number_and_want_that_said():
     assert unanswerable(make_source("hanoi").sample(2, 1, 1)[0], rng) is None
     assert math.isclose(float(verify(_arith(), _arith().answer)), 1.0)
     assert "arithmetic" in GENERATORS
+
+
+# ------------------------------------------------------------------- best model by the probe
+def test_no_development_or_evaluation_question_is_ever_a_phase3_prompt(tmp_path):
+    """chain_sum's level 1 asks ~200 distinct questions: 40 updates of 16 prompts draw most of
+    them, so any development question left out of the exclusion would be asked."""
+    cfg = load_preset("tiny")
+    cfg.tasks.names, cfg.rl.probe_items = ["chain_sum"], 8
+    sets, dev, exclude = held_out_questions(cfg)
+    dev_q = {it.question for it in dev["chain_sum"]}
+    eval_q = {it.question for it in sets["chain_sum"]}
+    assert len(dev_q) == 8 and len(eval_q) == cfg.tasks.eval_items and not dev_q & eval_q
+    assert dev_q | eval_q == exclude
+
+    def asked(excluded: set[str]) -> set[str]:  # prompts need no model
+        data = RolloutBatches(cfg, tmp_path, None, None, None, excluded)
+        return {it.question for k in range(-1, 40) for it in data.prompts(k, 16)}
+
+    assert asked(eval_q) & dev_q  # a leak would show: excluding only the evaluation leaks
+    assert not asked(exclude) & exclude
+    cfg.rl.probe_items = 0  # no probe: only the evaluation is held out
+    assert held_out_questions(cfg)[1:] == ({}, eval_q)
+
+
+def test_the_start_probe_steers_the_first_prompts_to_tasks_solved_sometimes(tmp_path):
+    """Before any rollout the curriculum knows the Phase 2 model's development accuracy: a task
+    it never solves (no advantage in its groups) gets few prompts, one solved half the time
+    most; a resumed run, seeded from the same probe record, asks the same questions."""
+    cfg = load_preset("tiny")
+    cfg.tasks.names, cfg.rl.unanswerable_share = ["chain_sum", "arithmetic"], 0.0
+
+    def share(prior: dict[str, float] | None) -> tuple[float, list[str]]:
+        data = RolloutBatches(cfg, tmp_path, None, None, None, set())
+        if prior is not None:
+            data.start_from(prior, dict.fromkeys(prior, 8))
+        items = data.prompts(0, 400)
+        return sum(it.source == "arithmetic" for it in items) / 400, [it.question for it in items]
+
+    unseeded, _ = share(None)
+    seeded, asked = share({"chain_sum": 0.0, "arithmetic": 0.5})
+    assert 0.4 < unseeded < 0.6 and seeded > 0.75  # weights 0.05 : 0.25
+    assert share({"chain_sum": 0.0, "arithmetic": 0.5})[1] == asked
+
+
+def _fake_solution(it: Item, right: bool) -> Solution:
+    """A rollout as generation returns it (symbols and the policy's actions), instantly."""
+    steps, answer = ("so",), it.answer if right else it.answer + "9"
+    symbols = format_episode(Episode(it.question, steps, answer))
+    n = len(prompt(it.question))
+    return Solution(
+        it.question, steps, answer, False, 2, tuple(symbols), (-1,) * n + tuple(symbols[n:])
+    )
+
+
+def _phase3(tmp_path, monkeypatch, scores: dict[int, float], updates: list[int], kill_at=None):
+    """Phase 3 on the tiny preset (4 updates, probed after 0, 2 and 4) from an untrained
+    "Phase 2" model, with instant rollouts (every other sample right: every group informative)
+    and a probe that returns ``scores`` by update: it expects to probe ``updates`` in this
+    process, in order, and records the weights it probed. The final evaluation is skipped;
+    ``kill_at``: the run is killed when it asks for that step's batch."""
+    cfg = load_preset("tiny")
+    cfg.data.dir = str(tmp_path / "data")
+    cfg.pse.patcher.rule = "whitespace"
+    cfg.tasks.names = ["chain_sum", "arithmetic"]  # short questions: a quick critic
+    cfg.rl.prompts, cfg.rl.group, cfg.rl.lr, cfg.rl.reflect_every = 2, 2, 1e-2, 4
+    rf = cfg.rl.reflection
+    rf.steps, rf.batch, rf.items, rf.rollouts = 1, 4, 4, 4
+    assert probe_windows(cfg.rl) == [2, 4]
+    run = tmp_path / "run"
+    resume = (run / "model").exists()
+    if not resume:
+        save_model(_tiny_model(), cfg, run / "model")
+    probed: dict[int, dict[str, torch.Tensor]] = {}
+    expected = iter(updates)
+
+    def probe(policy, dev, cfg_):
+        assert sum(map(len, dev.values())) == 2 * len(cfg.tasks.names)
+        update = next(expected)
+        probed[update] = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+        return dict.fromkeys(dev, scores[update])
+
+    def fake_run_items(model, items, *args, **kwargs):
+        return [_fake_solution(it, j % 2 == 1) for j, it in enumerate(items)]
+
+    monkeypatch.undo()  # an earlier call's patches (one test may kill a run, then resume it)
+    real_batch = RolloutBatches.batch
+
+    def batch(self, i, rows):
+        if i == kill_at:
+            raise KeyboardInterrupt
+        return real_batch(self, i, rows)
+
+    monkeypatch.setattr(reflective, "dev_accuracy", probe)
+    monkeypatch.setattr(reflective, "run_items", fake_run_items)
+    monkeypatch.setattr(RolloutBatches, "batch", batch)
+    monkeypatch.setattr(reflective.Reflective, "evaluate", lambda self, ctx, *a: {})
+    ctx = RunContext(cfg, run, resume=resume, progress=False)
+    try:
+        out = reflective.Reflective().run(ctx)
+    except KeyboardInterrupt:
+        out = None
+    assert list(probed) == updates  # nothing probed twice across a restart
+    return run, out, probed
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_phase3_keeps_the_best_window_by_the_probe_across_a_kill(tmp_path, monkeypatch):
+    """The probe scores the Phase 2 model 0.25, update 2 0.5 and update 4 0.5: update 2 is
+    kept (a tie goes to the earlier model), even when the run is killed after its probe and
+    resumed, and the saved model is exactly the one probed after update 2."""
+    scores = {0: 0.25, 2: 0.5, 4: 0.5}
+    _, out, first = _phase3(tmp_path, monkeypatch, scores, [0, 2], kill_at=3)
+    assert out is None
+    run, out, second = _phase3(tmp_path, monkeypatch, scores, [4])
+    final = _weights(run / "model")
+    assert _same(final, first[2])
+    assert not _same(final, second[4]) and not _same(final, first[0])  # training moved them
+    assert _same(_weights(run / "phase2_model"), first[0])
+    probe = out["probe"]
+    assert [(r["update"], r["step"], r["accuracy"]) for r in probe["history"]] == [
+        (0, 0, 0.25),
+        (2, 2, 0.5),
+        (4, 4, 0.5),
+    ]
+    assert all(r["items"] == 4 for r in probe["history"])  # 2 tasks x 2 questions
+    assert probe["kept"] == {"update": 2, "step": 2, "accuracy": 0.5}
+    assert not probe["kept_phase2_model"] and "update 2 scored 0.500" in probe["why"]
+    kept = sorted(p.name for p in (run / "reflective/best").iterdir())
+    assert kept == ["probe.json", "update_00002.safetensors"]  # the others' weights removed
+
+
+def test_phase3_returns_the_phase2_model_when_no_window_beats_it(tmp_path, monkeypatch):
+    run, out, probed = _phase3(tmp_path, monkeypatch, {0: 0.5, 2: 0.25, 4: 0.5}, [0, 2, 4])
+    final = _weights(run / "model")
+    assert _same(final, _weights(run / "phase2_model")) and _same(final, probed[0])
+    assert not _same(final, probed[4])
+    assert out["probe"]["kept_phase2_model"] and out["probe"]["kept"]["update"] == 0
+    assert "no window beat the Phase 2 model's 0.500" in out["probe"]["why"]

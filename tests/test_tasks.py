@@ -3,12 +3,14 @@ constant baselines, and a curriculum that follows success."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 
 import pytest
 
 from pdclm.cognition import ccm
+from pdclm.data.generators import GENERATORS
 from pdclm.data.tasks import (
     EVAL_SEED,
     GYM_LEVELS,
@@ -17,6 +19,8 @@ from pdclm.data.tasks import (
     constant_baseline,
     held_out,
     make_source,
+    question_space,
+    question_spaces,
     training_items,
 )
 
@@ -152,3 +156,50 @@ def test_curriculum_raises_lowers_and_prefers_the_learnable():
     clone = Curriculum(["easy", "hard", "mid"], {"easy": 3, "hard": 3, "mid": 3}, window=10)
     clone.load(cur.state())
     assert clone.weights() == w and clone.level == cur.level
+
+
+def test_question_space_counts_match_brute_force():
+    """Counted spaces equal every question the generator's builder can write (and ``make``
+    writes nothing else); sampled spaces find all of a small gym level and bound a large one."""
+    arithmetic, hanoi = GENERATORS["arithmetic"], GENERATORS["hanoi"]
+    every = {  # level 1: three operands 1..10, two operators
+        arithmetic._build([a, b, c], [o, p], 1).question
+        for a, b, c in itertools.product(range(1, 11), repeat=3)
+        for o, p in itertools.product("+-*", repeat=2)
+    }
+    space = question_space(make_source("arithmetic"), 1)
+    assert space.exact and space.distinct == len(every) == 9000
+    rng = random.Random(0)
+    assert {arithmetic.make(rng, 1).question for _ in range(2000)} <= every
+    every = set()  # level 1: 3 disks anywhere, a target, unsolved; every wording and peg order
+    for where in itertools.product("ABC", repeat=3):
+        pegs = {p: [k for k in (3, 2, 1) if where[k - 1] == p] for p in "ABC"}
+        for target in "ABC":
+            if len(pegs[target]) < 3:
+                for wording in range(4):
+                    for order in map("".join, itertools.permutations("ABC")):
+                        every.add(hanoi._build(pegs, target, 1, wording, order).question)
+    space = question_space(make_source("hanoi"), 1)
+    assert space.exact and space.distinct == len(every) == 78 * 24
+    assert {hanoi.make(rng, 1).question for _ in range(2000)} <= every
+    # reasoning-gym's easy arithmetic: a ± b, operands 0..10 (basic) and 0..9 (chain_sum)
+    for name, text, top in (
+        ("basic_arithmetic", "Calculate {} {} {}.", 10),
+        ("chain_sum", "State the final answer to the following arithmetic problem: {} {} {} =", 9),
+    ):
+        every = {text.format(a, o, b) for a in range(top + 1) for b in range(top + 1) for o in "+-"}
+        space = question_space(make_source(name), 1, draws=2000)
+        assert not space.exact and space.distinct == len(every) == 2 * (top + 1) ** 2
+        assert space.estimate is not None and abs(space.size - len(every)) <= 0.02 * len(every)
+        assert {it.question for it in make_source(name).sample(0, 1, 2000)} == every
+    big = question_space(make_source("letter_counting"), 3, draws=300)
+    assert big.lower_bound and big.distinct == 300 and str(big) == ">= 300"
+
+
+def test_question_spaces_report_the_held_out_share():
+    held = held_out(make_source("hanoi"), 1, 30) + held_out(make_source("hanoi"), 2, 5)
+    rows = {r["level"]: r for r in question_spaces(["hanoi"], held, draws=100)}
+    assert sorted(rows) == [1, 2, 3, 4, 5]
+    assert [rows[k]["held_out"] for k in (1, 2, 3)] == [30, 5, 0]
+    assert rows[1]["held_out_share"] == pytest.approx(30 / (78 * 24))
+    assert rows[2]["held_out_share"] == pytest.approx(5 / (240 * 24))

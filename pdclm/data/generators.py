@@ -121,10 +121,21 @@ class Arithmetic:
     name = "arithmetic"
 
     def make(self, rng: random.Random, level: int) -> Task:
-        n_ops, top = level + 1, 9 * level + 1
+        n_ops, top = self._shape(level)
         nums = [rng.randint(1, top) for _ in range(n_ops + 1)]
         ops = [rng.choice("+-*") for _ in range(n_ops)]
         return self._build(nums, ops, level)
+
+    @staticmethod
+    def _shape(level: int) -> tuple[int, int]:
+        """Operations and the largest operand at ``level``."""
+        return level + 1, 9 * level + 1
+
+    def space(self, level: int) -> int:
+        """Distinct questions ``make`` asks at ``level``: each operand and operator sequence
+        reads differently."""
+        n_ops, top = self._shape(level)
+        return top ** (n_ops + 1) * 3**n_ops
 
     def parse(self, question: str) -> Task | None:
         m = _ARITHMETIC_RE.fullmatch(question)
@@ -185,6 +196,11 @@ class GridPath:
             task = self._build(["".join(row) for row in grid], level)
             if task is not None and len(task.answer) >= level + 1:
                 return task
+
+    def space(self, level: int) -> None:
+        """Not counted: which wall patterns leave G reachable at a long enough distance has
+        no cheap closed form (the count is sampled instead, and is far beyond any held-out set)."""
+        return None
 
     def parse(self, question: str) -> Task | None:
         m = _GRID_RE.fullmatch(question)
@@ -273,23 +289,42 @@ class GridPath:
 _HANOI_STEP = re.compile(r"^\s*disk\s+(\d+)\s+([ABC])\s*->\s*([ABC])\s*$")
 _PEGS = "ABC"
 _MAX_DISKS = 6
-_HANOI_Q = (
-    "Tower of Hanoi, disks 1 (smallest) to {disks}. Pegs: A={A} B={B} C={C}. Move every disk to "
-    "peg {target}, one at a time, never a larger disk on a smaller one, in the fewest moves. "
-    "Answer with the moves as source-target pairs, e.g. AC AB."
+_HANOI_ANSWER = "Answer with the moves as source-target pairs, e.g. AC AB."
+_HANOI_QS = tuple(
+    "Tower of Hanoi, disks 1 (smallest) to {disks}. Pegs: {pegs}. " + goal + " " + _HANOI_ANSWER
+    for goal in (
+        "Move every disk to peg {target}, one at a time, never a larger disk on a smaller one, "
+        "in the fewest moves.",
+        "Gather all disks on peg {target} in the fewest moves, moving one top disk at a time "
+        "and never onto a smaller disk.",
+        "Goal: every disk on peg {target}, in as few moves as possible; move one disk at a "
+        "time, never a larger disk on a smaller one.",
+        "In the fewest moves, stack all the disks on peg {target}: one disk per move, and never "
+        "a larger disk on a smaller one.",
+    )
 )
+"""Wordings of one puzzle (all opening alike, so self-play's proposer prompt stays long)."""
+_PEG_ORDERS = ("ABC", "ACB", "BAC", "BCA", "CAB", "CBA")
+"""Orders in which a question lists the pegs: reading a state, not a fixed layout."""
 _STACK = rf"-|[1-{_MAX_DISKS}](?:,[1-{_MAX_DISKS}]){{0,{_MAX_DISKS - 1}}}"
 """One peg, bottom to top, ``-`` when empty; the disk set and order are checked after matching."""
-_HANOI_RE = _pattern(
-    _HANOI_Q, disks=f"[1-{_MAX_DISKS}]", A=_STACK, B=_STACK, C=_STACK, target="[ABC]"
+_HANOI_RES = tuple(
+    _pattern(
+        q,
+        disks=f"[1-{_MAX_DISKS}]",
+        pegs=" ".join(rf"(?P<p{i}>[ABC])=(?P<s{i}>{_STACK})" for i in range(3)),
+        target="[ABC]",
+    )
+    for q in _HANOI_QS
 )
 
 
 class Hanoi:
     """Planning: gather n disks, from a random legal configuration, onto a target peg in the
-    fewest moves; answer as ``AC AB CB ...``. Random starts and targets give every level many
-    distinct questions (3^n * 3 less the solved ones), so a held-out set leaves plenty to train
-    on, and the moves must be planned rather than recalled."""
+    fewest moves; answer as ``AC AB CB ...``. Random starts and targets (3^n * 3 less the
+    solved ones: 78 at level 1), each in one of several wordings with the pegs listed in any
+    order, give every level thousands of distinct questions (see :meth:`space`), so a held-out
+    set leaves plenty to train on, and the moves must be planned rather than recalled."""
 
     name = "hanoi"
 
@@ -301,22 +336,46 @@ class Hanoi:
             if any(p != target for p in where):  # an already solved start asks nothing
                 break
         pegs = {p: [k for k in range(n, 0, -1) if where[k - 1] == p] for p in _PEGS}
-        return self._build(pegs, target, level)
+        # the wording is drawn after the puzzle: a seed poses the same puzzle as it always did
+        wording, order = rng.randrange(len(_HANOI_QS)), rng.choice(_PEG_ORDERS)
+        return self._build(pegs, target, level, wording, order)
+
+    def space(self, level: int) -> int:
+        """Distinct questions ``make`` asks at ``level``: a peg per disk and a target peg, less
+        the starts that are already solved, times the wordings and the peg orders."""
+        n = min(level + 2, _MAX_DISKS)
+        return (3 ** (n + 1) - 3) * len(_HANOI_QS) * len(_PEG_ORDERS)
 
     def parse(self, question: str) -> Task | None:
-        m = _HANOI_RE.fullmatch(question)
-        if not m:
+        found = [(w, m) for w, p in enumerate(_HANOI_RES) if (m := p.fullmatch(question))]
+        if not found:
             return None
+        wording, m = found[0]
         n, target = int(m["disks"]), m["target"]
-        pegs = {p: [] if m[p] == "-" else [int(d) for d in m[p].split(",")] for p in _PEGS}
+        order = "".join(m[f"p{i}"] for i in range(3))
+        if order not in _PEG_ORDERS:  # a peg listed twice
+            return None
+        stacks = {m[f"p{i}"]: m[f"s{i}"] for i in range(3)}
+        pegs = {
+            p: [] if stacks[p] == "-" else [int(d) for d in stacks[p].split(",")] for p in _PEGS
+        }
         disks = sorted(d for stack in pegs.values() for d in stack)
         stacked = all(stack == sorted(stack, reverse=True) for stack in pegs.values())
         if disks != list(range(1, n + 1)) or not stacked or len(pegs[target]) == n:
             return None
-        return _canonical(self._build(pegs, target, max(1, n - 2)), question)
+        task = self._build(pegs, target, max(1, n - 2), wording, order)
+        return _canonical(task, question)
 
-    def _build(self, pegs: dict[str, list[int]], target: str, level: int) -> Task:
-        """The task from a legal, unsolved start (``pegs`` bottom to top) with its optimal moves."""
+    def _build(
+        self,
+        pegs: dict[str, list[int]],
+        target: str,
+        level: int,
+        wording: int = 0,
+        order: str = _PEGS,
+    ) -> Task:
+        """The task from a legal, unsolved start (``pegs`` bottom to top) with its optimal moves,
+        asked in ``_HANOI_QS[wording]`` with the pegs listed in ``order``."""
         n = sum(len(stack) for stack in pegs.values())
         where = {k: p for p, stack in pegs.items() for k in stack}
         moves: list[tuple[int, str, str]] = []
@@ -334,7 +393,8 @@ class Hanoi:
 
         gather(n, target)
         stacks = {p: ",".join(map(str, stack)) or "-" for p, stack in pegs.items()}
-        question = _HANOI_Q.format(disks=n, target=target, **stacks)
+        listed = " ".join(f"{p}={stacks[p]}" for p in order)
+        question = _HANOI_QS[wording].format(disks=n, pegs=listed, target=target)
         steps = tuple(f"disk {k} {s} -> {d}" for k, s, d in moves)
         answer = " ".join(f"{s}{d}" for _, s, d in moves)
         facts = {
@@ -342,6 +402,8 @@ class Hanoi:
             "pegs": {p: list(stack) for p, stack in pegs.items()},
             "target": target,
             "moves": len(moves),
+            "wording": wording,
+            "order": order,
         }
         return Task(self.name, level, question, steps, answer, facts)
 
@@ -405,6 +467,12 @@ class Bank:
             amount = rng.randint(1, 5) if kind == "fee" else rng.randint(5, 40 * level)
             events.append((kind, amount))
         return self._build(balance, events, level)
+
+    def space(self, level: int) -> int:
+        """Distinct questions ``make`` asks at ``level``: start balances times the choices of
+        each event (a deposit or withdrawal of 5..40*level, or a fee of 1..5)."""
+        per_event = 2 * (40 * level - 4) + 5
+        return (50 * level - 9) * per_event ** (level + 2)
 
     def parse(self, question: str) -> Task | None:
         m = _BANK_RE.fullmatch(question)
@@ -484,6 +552,11 @@ class Registers:
             dst, x, y = rng.choice("abc"), rng.choice("abc"), rng.choice("abc")
             program.append((dst, x, rng.choice("+-*" if level > 1 else "+-"), y))
         return self._build(regs, program, level)
+
+    def space(self, level: int) -> int:
+        """Distinct questions ``make`` asks at ``level``: start values 0..9 per register times
+        the choices of each instruction (three registers and an operator)."""
+        return 10**3 * (27 * (3 if level > 1 else 2)) ** (level + 2)
 
     def parse(self, question: str) -> Task | None:
         m = _REGISTERS_RE.fullmatch(question)

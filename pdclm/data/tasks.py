@@ -19,10 +19,11 @@ Known traps, designed around:
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,9 @@ from pdclm.data.generators import GENERATORS, Task, eval_steps
 
 EVAL_SEED = 1_000_000_007
 """Held-out items come from seeds at and above this; training seeds stay far below it."""
+DEV_SEED = EVAL_SEED + 10_000
+"""Development items (the probes that steer training: curriculum, Phase 3's best-model
+choice) come from seeds at and above this, disjoint from the final evaluation's."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,11 @@ class GymSource:
         ds, entry = item.entry
         return float(ds.score_answer(answer.strip(), entry) >= 1.0)
 
+    def space(self, level: int) -> int | None:
+        """None: the package's generators are not ours to count (:func:`question_space`
+        samples them)."""
+        return None
+
 
 class OwnSource:
     """One of the project's generators: gold traces, strict verifier, per-step checks."""
@@ -283,6 +292,12 @@ class OwnSource:
     def score(self, item: Item, answer: str) -> float:
         return self.gen.score(item.entry, answer)
 
+    def space(self, level: int) -> int | None:
+        """The generator's own count of its distinct questions at ``level`` (None where it has
+        none: :func:`question_space` then samples)."""
+        count = getattr(self.gen, "space", None)
+        return None if count is None else count(min(max(1, level), self.max_level))
+
 
 Source = GymSource | OwnSource
 
@@ -291,16 +306,117 @@ def make_source(name: str) -> Source:
     return OwnSource(name) if name in GENERATORS else GymSource(name)
 
 
-def held_out(source: Source, level: int, n: int) -> list[Item]:
-    """``n`` distinct held-out questions, from seeds far from any training seed."""
-    items, seen, seed = [], set(), EVAL_SEED
-    while len(items) < n and seed < EVAL_SEED + 50:
+def held_out(
+    source: Source,
+    level: int,
+    n: int,
+    start: int = EVAL_SEED,
+    exclude: frozenset[str] = frozenset(),
+) -> list[Item]:
+    """``n`` distinct held-out questions, from seeds far from any training seed: the final
+    evaluation's from ``EVAL_SEED``, a development set's from ``DEV_SEED`` with the evaluation
+    questions passed as ``exclude`` (so no probe that steers training sees them)."""
+    items, seen, seed = [], set(exclude), start
+    while len(items) < n and seed < start + 50:
         for item in source.sample(seed, level, n):
             if item.question not in seen:
                 seen.add(item.question)
                 items.append(item)
         seed += 1
     return items[:n]
+
+
+@dataclass(frozen=True)
+class QuestionSpace:
+    """How many distinct questions a source asks at one level: a small space is memorised, and
+    a held-out set that takes much of it leaves little to train on."""
+
+    distinct: int
+    """Exact: the count. Sampled: the distinct questions seen, a lower bound."""
+    exact: bool
+    estimate: float | None = None
+    """Sampled: the Chao1 capture-recapture estimate ``seen + f1 (f1 - 1) / (2 (f2 + 1))`` (f1,
+    f2: questions seen once, twice); None when every draw was new (only ``>= distinct`` is
+    known). Exact: the count."""
+    draws: int = 0
+    """Items sampled (0 when counted)."""
+    method: str = ""
+
+    @property
+    def size(self) -> float:
+        """The best figure for the space: the count, the estimate, else the lower bound."""
+        return float(self.distinct) if self.estimate is None else max(self.estimate, self.distinct)
+
+    @property
+    def lower_bound(self) -> bool:
+        """Only ``>= distinct`` is known (so a share of it is an upper bound)."""
+        return not self.exact and self.estimate is None
+
+    def __str__(self) -> str:
+        if self.exact or self.estimate == self.distinct:
+            return f"{self.distinct:,}"
+        if self.estimate is None:
+            return f">= {self.distinct:,}"
+        return f"~{self.estimate:,.0f}"
+
+
+def question_space(source: Source, level: int, draws: int = 2000, seed: int = 0) -> QuestionSpace:
+    """The number of distinct questions ``source`` asks at ``level``: exact where the source
+    can count them (the project's generators, from their parameters), else estimated from
+    ``draws`` sampled items (item ``i`` of a reasoning-gym dataset uses seed ``seed + i``, so
+    one dataset is ``draws`` independent draws). Every sampled question seen at least twice
+    means the space is (almost surely) exhausted; every draw new means it is far larger than
+    ``draws``; in between, Chao1 estimates it (a lower-bound estimator: uneven draw
+    probabilities can only hide questions)."""
+    count = source.space(level)
+    if count is not None:
+        return QuestionSpace(count, True, float(count), 0, "counted from the generator")
+    return _sampled_space(source.name, level, draws, seed)
+
+
+@functools.lru_cache(maxsize=256)
+def _sampled_space(name: str, level: int, draws: int, seed: int) -> QuestionSpace:
+    """Cached by name: each run's report and its tests ask for the same spaces."""
+    seen = Counter(it.question for it in make_source(name).sample(seed, level, draws))
+    freq = Counter(seen.values())
+    f1, f2, n = freq[1], freq[2], len(seen)
+    how = f"{draws:,} draws: {n:,} distinct, {f1:,} seen once, {f2:,} twice"
+    if n == draws:
+        return QuestionSpace(n, False, None, draws, f"{how}; every draw new, a lower bound")
+    if f1 == 0:
+        return QuestionSpace(n, False, float(n), draws, f"{how}; exhausted by sampling")
+    return QuestionSpace(n, False, n + f1 * (f1 - 1) / (2 * (f2 + 1)), draws, f"{how}; Chao1")
+
+
+def question_spaces(
+    names: Sequence[str], held: Iterable[Item], draws: int = 2000
+) -> list[dict[str, Any]]:
+    """Per task and every level it can be trained at: its question space and the share of
+    it the held-out questions (``held``: evaluation and development sets) take from training."""
+    taken: dict[tuple[str, int], set[str]] = {}
+    for it in held:
+        taken.setdefault((it.source, it.level), set()).add(it.question)
+    rows = []
+    for name in names:
+        source = make_source(name)
+        for level in range(1, source.max_level + 1):
+            space = question_space(source, level, draws)
+            n_held = len(taken.get((name, level), ()))
+            rows.append(
+                {
+                    "task": name,
+                    "level": level,
+                    "space": str(space),
+                    "distinct": space.distinct,
+                    "exact": space.exact,
+                    "estimate": space.estimate,
+                    "method": space.method,
+                    "held_out": n_held,
+                    "held_out_share": n_held / space.size if space.size else 1.0,
+                    "share_is_upper_bound": space.lower_bound,
+                }
+            )
+    return rows
 
 
 def training_items(source: Source, level: int, n: int, seed: int, exclude: set[str]) -> list[Item]:

@@ -19,6 +19,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pdclm.eval.stats import ALPHA, paired, paired_items_needed, unpaired
+
 VERDICTS = ("holds", "does not hold", "not measurable at this size")
 
 RUN_SOURCE = "this run"
@@ -65,37 +67,110 @@ def threshold_verdict(ratio: float | None, target: float, higher_is_better: bool
     return "holds" if ok else "does not hold"
 
 
-def two_proportion_z(right_a: int, n_a: int, right_b: int, n_b: int) -> float:
-    """z statistic of the difference between two accuracies (pooled standard error)."""
-    if not n_a or not n_b:
-        return 0.0
-    p = (right_a + right_b) / (n_a + n_b)
-    se = math.sqrt(p * (1 - p) * (1 / n_a + 1 / n_b))
-    return 0.0 if se == 0 else (right_a / n_a - right_b / n_b) / se
+TARGET_GAIN = 0.30
+"""The robustness claim's effect: reflect-and-revise ~30 % more accurate on perturbed wording
+than answering directly, relative to it."""
+
+
+def robustness_test(robustness: dict[str, Any]) -> dict[str, Any]:
+    """Reflect-and-revise (a) against answering directly (b) on the perturbed wording: the
+    paired exact test where the run recorded which items each got right (``paired``), else
+    (a report from before it did) Fisher's test on the two counts, which ignores the pairing
+    and so errs towards "not measurable". Adds ``needed_items``: what a paired test needs to
+    see a +30 % change at the observed base rate and discordance (independent conditions'
+    discordance when none was observed)."""
+    n = int(robustness.get("items") or 0)
+    pairs = (robustness.get("paired") or {}).get("perturbed")
+    if pairs:
+        t = paired(pairs["both"], pairs["reflect_only"], pairs["plain_only"], pairs["neither"])
+        discordance = t["discordance"] or None
+    else:
+
+        def right(mode: str) -> int:
+            return round(robustness.get(mode, {}).get("perturbed", 0.0) * n)
+
+        t = unpaired(right("reflect"), n, right("plain"), n)
+        discordance = None
+    t["needed_items"] = paired_items_needed(t["b"]["accuracy"], TARGET_GAIN, discordance)
+    t["items"], t["items_per_task"] = n, robustness.get("items_per_task")
+    return t
+
+
+def robustness_verdict(t: dict[str, Any]) -> tuple[str, str]:
+    """The verdict :func:`robustness_test` supports, and why, in a sentence.
+
+    holds: a significant gain (p < 0.05) of at least +30 %. does not hold: significantly
+    worse, or the interval of the relative change lies below +30 %, or no significant gain on
+    at least as many items as a +30 % change needs. Otherwise not measurable, saying how many
+    items it would take."""
+    a, b = t["a"]["right"] / max(1, t["a"]["n"]), t["b"]["right"] / max(1, t["b"]["n"])
+    rel, (_, hi), n = t["relative_change"], t["relative_ci95"], t["items"]
+    significant = t["p_value"] < ALPHA
+    needed = t["needed_items"]
+    if significant and a > b and (rel is None or rel >= TARGET_GAIN):
+        return "holds", f"a significant gain of at least {percent(TARGET_GAIN)}."
+    if significant and a < b:
+        return "does not hold", "reflect-and-revise is significantly worse."
+    if hi is not None and hi < TARGET_GAIN:
+        return "does not hold", f"the interval lies below {percent(TARGET_GAIN)}."
+    if significant:
+        return "not measurable at this size", (
+            f"a significant gain, below {percent(TARGET_GAIN)}, but its interval reaches it."
+        )
+    if needed is not None and n >= needed:
+        return "does not hold", f"no significant gain on {n} questions, enough to see one."
+    if b == 0:
+        why = "direct answering got none right, so a relative change has no base."
+    elif needed is None:
+        why = f"{percent(TARGET_GAIN)} over a base rate of {b:.2f} is above an accuracy of 1."
+    else:
+        why = f"seeing {percent(TARGET_GAIN)} at these rates takes about {needed:,} questions."
+    return "not measurable at this size", why
+
+
+def percent(x: float | None, unbounded: str = "+∞") -> str:
+    """A relative change as a signed percentage (``None``: an unbounded end)."""
+    return unbounded if x is None else f"{100 * x:+.0f} %"
+
+
+def robustness_summary(t: dict[str, Any]) -> str:
+    """The test in one sentence: counts, relative change with its interval, p-value."""
+    lo, hi = t["relative_ci95"]
+    rel = (
+        "no relative change (direct got none right)"
+        if t["b"]["right"] == 0
+        else f"{percent(t['relative_change'])} [{percent(lo, '-∞')}, {percent(hi)}]"
+    )
+    how = "" if t["test"] == "exact McNemar" else " (unpaired: the pairing was not recorded)"
+    return (
+        f"{t['a']['right']} vs {t['b']['right']} right; {rel}; "
+        f"{t['test']} p = {t['p_value']:.2g}{how}."
+    )
 
 
 def robustness_row(robustness: dict[str, Any], source: str) -> dict[str, Any]:
-    """Phase 3: accuracy kept under perturbed wording, with reflect-and-revise against
-    without. The claim holds when reflection keeps >= 1.3x as much *and* its perturbed
-    accuracy is higher than answering directly by a margin a two-proportion z test finds
-    (|z| >= 1.96); a difference inside the noise of the item count is not measurable."""
-    n = int(robustness.get("items") or 0)
-    plain, refl = robustness.get("plain", {}), robustness.get("reflect", {})
-    kept_plain, kept_refl = plain.get("retained"), refl.get("retained")
+    """Phase 3: accuracy on perturbed wording, reflect-and-revise against answering directly
+    on the same held-out questions. The verdict follows :func:`robustness_verdict`; the row
+    keeps the whole test under ``test``."""
+    t = robustness_test(robustness)
+    verdict, why = robustness_verdict(t)
+    per_task = f" ({t['items_per_task']} per task)" if t.get("items_per_task") else ""
     measure = (
-        "share of clean accuracy kept on perturbed wording, reflect-and-revise vs answering "
-        f"directly ({n} held-out questions); holds at >= 1.3x with a significant gain in "
-        "perturbed accuracy (|z| >= 1.96)"
+        "accuracy on perturbed wording, reflect-and-revise vs answering directly, on "
+        f"{t['items']} held-out questions{per_task}; holds at a significant gain of at least "
+        f"{percent(TARGET_GAIN)}. {robustness_summary(t)} {why[0].upper()}{why[1:]}"
     )
-    ratio = kept_refl / kept_plain if kept_refl is not None and kept_plain else None
-    z = two_proportion_z(
-        round(refl.get("perturbed", 0.0) * n), n, round(plain.get("perturbed", 0.0) * n), n
+    rel = t["relative_change"]
+    r = row(
+        CLAIMS["robustness"],
+        measure,
+        t["a"]["accuracy"],
+        t["b"]["accuracy"],
+        verdict,
+        source,
+        None if rel is None else 1 + rel,
     )
-    if ratio is None or abs(z) < 1.96:
-        verdict = "not measurable at this size"
-    else:
-        verdict = "holds" if ratio >= 1.3 and z > 0 else "does not hold"
-    return row(CLAIMS["robustness"], measure, kept_refl, kept_plain, verdict, source, ratio)
+    return {**r, "test": t}
 
 
 def run_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -103,7 +178,10 @@ def run_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     p3 = report.get("phase3")
     if isinstance(p3, dict) and p3.get("robustness"):
-        rows.append(robustness_row(p3["robustness"], f"{RUN_SOURCE} (Phase 3 robustness)"))
+        # a report from before robustness() recorded it: the configured count per task
+        per_task = report.get("config", {}).get("rl", {}).get("robustness_items")
+        rob = {"items_per_task": per_task, **p3["robustness"]}
+        rows.append(robustness_row(rob, f"{RUN_SOURCE} (Phase 3 robustness)"))
     return rows
 
 

@@ -23,6 +23,7 @@ from pdclm.cognition.rewards import CHANNELS
 from pdclm.config import Config
 from pdclm.data.tasks import UNANSWERABLE, Item, unanswerable, verify
 from pdclm.eval.robustness import perturbed_sets
+from pdclm.eval.stats import paired_from_flags
 from pdclm.eval.tasks import eval_budget, flag_stats, run_items
 from pdclm.model.pdclm import PDCLM
 
@@ -77,13 +78,16 @@ def robustness(
 ) -> dict[str, Any]:
     """Accuracy on clean and perturbed wording of the same held-out questions, answering
     directly (``plain``) and with reflect-and-revise (``reflect``). ``retained`` is perturbed
-    over clean accuracy; ``reflect_vs_plain`` the relative change reflection makes to it."""
+    over clean accuracy; ``reflect_vs_plain`` the relative change reflection makes to it.
+    ``paired`` counts, per wording, the items both modes, only one, or neither got right: what
+    the claims table's paired test of reflection against answering directly needs."""
     n = cfg.rl.robustness_items
     clean = {k: v[:n] for k, v in sets.items()}
     noisy = perturbed_sets(clean, cfg.train.seed)
     budget, bf16 = eval_budget(cfg.tasks), cfg.train.bf16
     gen = torch.Generator().manual_seed(cfg.train.seed + 11)
-    out: dict[str, Any] = {"items": sum(map(len, clean.values()))}
+    out: dict[str, Any] = {"items": sum(map(len, clean.values())), "items_per_task": n}
+    right: dict[tuple[str, str], list[bool]] = {}
     for mode in ("plain", "reflect"):
         accs = {}
         for label, group in (("clean", clean), ("perturbed", noisy)):
@@ -102,9 +106,19 @@ def robustness(
                     cfg.tasks.batch,
                 )
                 answers = [h[-1].solution.answer for h in history]
-            accs[label] = _accuracy(items, answers)
+            right[mode, label] = [verify(it, a) for it, a in zip(items, answers, strict=True)]
+            accs[label] = sum(right[mode, label]) / max(1, len(items))
         accs["retained"] = accs["perturbed"] / accs["clean"] if accs["clean"] else None
         out[mode] = accs
+    out["paired"] = {}
+    for label in ("clean", "perturbed"):
+        pairs = paired_from_flags(right["reflect", label], right["plain", label])
+        out["paired"][label] = {
+            "both": pairs["both"],
+            "reflect_only": pairs["only_a"],
+            "plain_only": pairs["only_b"],
+            "neither": pairs["neither"],
+        }
     p, r = out["plain"]["retained"], out["reflect"]["retained"]
     out["reflect_vs_plain"] = (r / p - 1) if p and r is not None else None
     pp, rp = out["plain"]["perturbed"], out["reflect"]["perturbed"]

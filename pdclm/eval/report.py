@@ -22,9 +22,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pdclm.config import PHASES, Config, to_dict  # noqa: E402
-from pdclm.eval.claims import collect, one_per_claim, short_source, split  # noqa: E402
+from pdclm.eval.claims import (  # noqa: E402
+    collect,
+    one_per_claim,
+    robustness_summary,
+    robustness_test,
+    short_source,
+    split,
+)
 from pdclm.eval.claims import markdown as claims_markdown  # noqa: E402
-from pdclm.eval.tasks import wilson_interval  # noqa: E402
+from pdclm.eval.stats import wilson_interval  # noqa: E402
 from pdclm.io import write_json_atomic  # noqa: E402
 
 
@@ -81,6 +88,8 @@ PLOT_CAPTIONS = {
     "task_accuracy": "Held-out accuracy per task with 95 % intervals, after this phase and the "
     "one before, beside the best constant answer",
     "accuracy_vs_budget": "Held-out accuracy by thinking budget, per task and on average",
+    "accuracy_vs_steps": "The curriculum probe's accuracy on development questions (never "
+    "trained on), each task at its level of the moment, against the optimizer step",
     "reward_channels": "Each reward channel's batch mean per update, and the thinking length",
 }
 """A caption per plot, by file name or the part of it after ``phaseN_``."""
@@ -220,6 +229,19 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                 "answers it scores as wrong, on the policy's own rollouts",
             )
         )
+    if p3.get("probe"):  # Phase 3 keeps its best model by a development probe
+        pr, kept = p3["probe"], p3["probe"]["kept"] or {}
+        rows.append(
+            (
+                "model kept, phase3",
+                "the Phase 2 model"
+                if pr["kept_phase2_model"]
+                else f"after update {kept['update']} of {pr['updates']}",
+                "dev accuracy by update: "
+                + ", ".join(f"{r['update']}: {r['accuracy']:.2f}" for r in pr["history"])
+                + f" ({pr['items']} questions; a tie keeps the earlier model)",
+            )
+        )
     rob = p3.get("robustness")
     if rob and rob.get("items"):
         n = int(rob["items"])
@@ -227,10 +249,10 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(
             (
                 "accuracy on perturbed wording, phase3",
-                f"direct {with_interval(plain['perturbed'], n)}, "
-                f"reflect-and-revise {with_interval(refl['perturbed'], n)}",
-                f"{n} questions; clean wording {plain['clean']:.2f} direct, "
-                f"{refl['clean']:.2f} reflect-and-revise",
+                f"reflect-and-revise {with_interval(refl['perturbed'], n)}, "
+                f"direct {with_interval(plain['perturbed'], n)}",
+                f"{n} questions. {robustness_summary(robustness_test(rob))} On clean "
+                f"wording: {refl['clean']:.2f} vs {plain['clean']:.2f}.",
             )
         )
     return rows
@@ -298,6 +320,38 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def space_lines(report: dict[str, Any], above: float = 0.1) -> list[str]:
+    """Phase 2's question spaces whose held-out questions (evaluation and development) take
+    more than ``above`` of them: there a model can memorise what it trains on, and training
+    misses much of the space."""
+    spaces = report.get("phase2", {}).get("question_space") or {}
+    rows = spaces.get("rows") or []
+    if not rows:
+        return []
+    small = [r for r in rows if r["held_out_share"] > above]
+    lines = [
+        "## Question spaces",
+        "",
+        f"Distinct questions of {len(rows)} task levels, counted where the generator can, else "
+        f"sampled ({spaces['draws']:,} draws each, {spaces['seconds']:.1f} s; all in "
+        f"`report.json`): {len(small)} held out by more than {above:.0%}.",
+        "",
+    ]
+    if small:
+        table = [
+            [
+                r["task"],
+                str(r["level"]),
+                r["space"],
+                "counted" if r["exact"] else "sampled",
+                f"{r['held_out']} ({r['held_out_share']:.0%})",
+            ]
+            for r in small
+        ]
+        lines += [*md_table(["task", "level", "questions", "how", "held out"], table), ""]
+    return lines
+
+
 def budget_line(run: dict[str, Any]) -> list[str]:
     """How the run was sized to its wall-clock budget (nothing when it was not)."""
     if not run.get("scale"):
@@ -348,6 +402,7 @@ def markdown(report: dict[str, Any]) -> str:
             *md_table(header, rows),
             "",
         ]
+    lines += space_lines(report)
     if report.get("claims"):
         lines += [claims_markdown(report["claims"])]
     drawn = plots(report)

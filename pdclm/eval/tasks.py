@@ -19,12 +19,34 @@ import torch
 from pdclm.cognition.ccm import Budget, Solution, agreement, check, solve, source_reliance
 from pdclm.cognition.selfplay import peer_context
 from pdclm.config import TasksConfig
-from pdclm.data.tasks import Item, Source, constant_baseline, held_out, make_source
+from pdclm.data.tasks import (
+    DEV_SEED,
+    Item,
+    Source,
+    constant_baseline,
+    held_out,
+    make_source,
+)
+from pdclm.eval.stats import proportion, wilson_interval
 from pdclm.model.pdclm import PDCLM
 
 
 def held_out_sets(cfg: TasksConfig) -> dict[str, list[Item]]:
+    """The final evaluation's questions per task (never trained on, never used to steer)."""
     return {n: held_out(make_source(n), cfg.eval_level, cfg.eval_items) for n in cfg.names}
+
+
+def dev_sets(
+    cfg: TasksConfig, n: int, evaluation: dict[str, list[Item]], level: int | None = None
+) -> dict[str, list[Item]]:
+    """``n`` development questions per task, disjoint from ``evaluation`` (the final
+    evaluation's sets) and, like them, excluded from training: what a probe that steers
+    training (a curriculum, a best-model choice) measures generalisation on."""
+    taken = frozenset(it.question for items in evaluation.values() for it in items)
+    return {
+        name: held_out(make_source(name), level or cfg.eval_level, n, DEV_SEED, taken)
+        for name in cfg.names
+    }
 
 
 def eval_budget(cfg: TasksConfig, steps: int | None = None) -> Budget:
@@ -87,7 +109,8 @@ def correct(source: Source, items: Sequence[Item], sols: Sequence[Solution]) -> 
 def evaluate_tasks(
     model: PDCLM, sets: dict[str, list[Item]], cfg: TasksConfig, bf16: bool
 ) -> dict[str, Any]:
-    """Per task: accuracy, the best constant answer's accuracy, forced-answer rate, thinking
+    """Per task: accuracy with its item count and 95 % Wilson interval, the best constant
+    answer's accuracy (and whether the interval is clear of it), forced-answer rate, thinking
     length, and the consistency check's precision/recall at catching wrong answers."""
     solved = solve_sets(model, sets, eval_budget(cfg), cfg.batch, bf16)
     out: dict[str, Any] = {}
@@ -102,11 +125,13 @@ def evaluate_tasks(
         all_flags += flags
         all_wrong += wrong
         const, const_acc = constant_baseline(source, items)
+        acc = proportion(len(items) - sum(wrong), len(items))
         out[name] = {
-            "accuracy": (len(items) - sum(wrong)) / max(1, len(items)),
+            **acc,
             "constant_baseline": const_acc,
             "constant_answer": const,
-            "n": len(items),
+            # above the best constant answer only where the interval is clear of it
+            "above_constant": acc["ci95"][0] > const_acc,
             "forced": sum(s.forced for s in part) / max(1, len(part)),
             "thinking_bytes": sum(s.thinking_bytes for s in part) / max(1, len(part)),
             "consistency": flag_stats(flags, wrong),
@@ -189,18 +214,6 @@ def source_separation(
         "share_contradicting_hurts": sum(r["gain_contradicting"] < 0 for r in rows) / n,
         "per_answer": rows,
     }
-
-
-def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95 % (z = 1.96) Wilson score interval of an accuracy measured on ``n`` items: at the
-    few dozen items a task gets, it stays inside [0, 1] and is not zero-width at 0 or 1, as the
-    normal approximation is. ``(0, 1)`` when there are no items."""
-    if n <= 0:
-        return 0.0, 1.0
-    z2 = z * z
-    centre = (accuracy + z2 / (2 * n)) / (1 + z2 / n)
-    half = z / (1 + z2 / n) * math.sqrt(accuracy * (1 - accuracy) / n + z2 / (4 * n * n))
-    return max(0.0, min(accuracy, centre - half)), min(1.0, max(accuracy, centre + half))
 
 
 def plot_task_accuracy(by_phase: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -312,6 +325,58 @@ def plot_budget_sweep(sweep: dict[str, dict[str, float]], path: Path) -> Path:
     ax.set_xlabel("thinking budget (steps)")
     ax.set_title("held-out accuracy by thinking budget", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03, label="accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_vs_steps(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Each curriculum probe's accuracy on development questions (never trained on) against
+    the optimizer step it ran at: a thin line per task, the mean of all tasks a thick black
+    one. A task is probed at its level of the moment, so a point where the level moved is
+    labelled with the new level (a dip there is a harder level, not forgetting)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(n for r in records for n in r["tasks"]))
+    colours = plt.get_cmap("tab20").colors
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for i, name in enumerate(names):
+        points = [(r["step"], r["tasks"].get(name), r["levels"].get(name)) for r in records]
+        points = [p for p in points if p[1] is not None]
+        colour = colours[i % len(colours)]
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        ax.plot(xs, ys, "o-", ms=3, lw=1, color=colour, label=name)
+        for (_, _, before), (x, y, level) in zip(points, points[1:], strict=False):
+            if level != before:
+                ax.annotate(
+                    f"L{level}",
+                    (x, y),
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color=colour,
+                )
+    means = [r for r in records if r["mean"] is not None]
+    ax.plot(
+        [r["step"] for r in means],
+        [r["mean"] for r in means],
+        "o-",
+        color="k",
+        lw=2.5,
+        ms=5,
+        label="mean of all tasks",
+        zorder=5,
+    )
+    ax.set_xlabel("Phase 2 optimizer step")
+    ax.set_ylabel("accuracy on development questions")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.set_title("curriculum probe on questions never trained on (Lk: level moved)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

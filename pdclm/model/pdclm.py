@@ -15,12 +15,14 @@ only on symbols before t, no output ever sees the future.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pdclm.config import ModelConfig, PSEConfig
-from pdclm.layers import RowKVCache, Stack, init_weights
+from pdclm.layers import KVCache, RowKVCache, RowView, Stack, init_weights
 from pdclm.memory.hmr import MemoryRouter
 from pdclm.model.segments import MemoryStream, stream_features
 from pdclm.pse.encoder import PatchEncoder
@@ -94,17 +96,27 @@ class PDCLM(nn.Module):
         """The decoder's output states (B, N-1, d): state j has read ``tokens[:, : j + 1]``."""
         if self.memory is not None:  # read in segments, carrying the memory tiers
             return stream_features(self, tokens, entropy)
+        return self.read(tokens, entropy).out
+
+    def read(
+        self, tokens: Tensor, entropy: Tensor | None = None, caches: StreamCaches | None = None
+    ) -> Read:
+        """The plain forward, with what a generation stream keeps from it. Given empty
+        ``caches`` (a :meth:`Stream.prefill`), every stage also fills its caches as reading
+        the inputs one symbol at a time would have: one code path for training and prompts."""
+        enc, lat, dec = caches or (None, None, None)
         B, N = tokens.shape
         inputs = tokens[:, :-1]
         pid = patch_ids(self.patch(tokens, entropy))  # (B, N) patch of every position
         in_pid = pid[:, :-1]
         n_patches = padded_patch_count(int(in_pid.max()) + 1)
 
-        h = self.encoder.hidden(inputs)  # (B, T, d)
-        z = self.latent(self.patch_vectors(h, in_pid, n_patches))  # (B, P, D)
+        h = self.encoder.hidden(inputs, caches=enc)  # (B, T, d)
+        z = self.latent(self.patch_vectors(h, in_pid, n_patches), caches=lat)  # (B, P, D)
         target_pid = pid[:, 1:]  # the latent of patch p-1 serves the symbols of patch p
         x = self.decoder_input(h, z, self.bos_latent.expand(B, -1), target_pid)
-        return self.decoder(x, seg=None if self.decoder_crosses_patches else target_pid)
+        seg = None if self.decoder_crosses_patches else target_pid
+        return Read(self.decoder(x, seg=seg, caches=dec), h, z, pid)
 
     # The two steps around the latent that the plain forward above and the memory-enabled
     # one (:func:`~pdclm.model.segments.segment_forward`) share.
@@ -136,12 +148,11 @@ class PDCLM(nn.Module):
         generator: torch.Generator | None = None,
         stream=None,
     ):
-        """Yield sampled symbols one at a time (cached: each step costs O(1) patches); a given
-        ``stream`` (e.g. a loaded memory) goes on from where it is."""
+        """Yield sampled symbols one at a time (cached: each step costs O(1) patches) after
+        reading the prompt in one pass (:meth:`Stream.prefill`); a given ``stream`` (e.g. a
+        loaded memory) goes on from where it is."""
         stream = stream or self.start_stream()
-        logits = None
-        for tok in prompt:
-            logits = stream.push_one(tok)
+        logits = stream.prefill(torch.tensor([prompt], device=stream.device))[0]
         for _ in range(max_new):
             nxt = int(sample_next(logits, temperature, top_k, generator))
             yield nxt
@@ -159,15 +170,21 @@ def complete(
     temperature: float = 1.0,
     top_k: int = 0,
     generator: torch.Generator | None = None,
+    prefill: bool = True,
 ) -> list[list[int]]:
     """Continue every prompt (in one batched stream) until it samples a symbol in ``stop``
-    (not included) or has ``max_new`` new symbols. Rows with shorter prompts start sampling
-    while longer ones are still being read."""
+    (not included) or has ``max_new`` new symbols. The length all prompts share is read in
+    one parallel pass (``prefill``; False reads it symbol by symbol, the same outputs); rows
+    with shorter prompts then start sampling while longer ones are still being read."""
     stream = model.start_stream(len(prompts))
     out: list[list[int]] = [[] for _ in prompts]
     live = list(range(len(prompts)))  # stream row j continues prompt live[j]
     sampled = [0] * len(prompts)
-    for t in range(max(map(len, prompts)) + max_new):
+    shared = min(map(len, prompts)) if prefill else 0
+    if shared:
+        logits = stream.prefill(torch.tensor([p[:shared] for p in prompts]))
+        sampled = sample_next(logits, temperature, top_k, generator).tolist()
+    for t in range(shared, max(map(len, prompts)) + max_new):
         symbols, keep = [], []
         for j, r in enumerate(live):
             p = prompts[r]
@@ -206,12 +223,31 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).view(scaled.shape[:-1])
 
 
+class StreamCaches(NamedTuple):
+    """Per-layer caches of the encoder, latent and decoder stacks, for :meth:`PDCLM.read`."""
+
+    encoder: list[KVCache]
+    latent: list[RowView]
+    decoder: list[KVCache]
+
+
+class Read(NamedTuple):
+    """What :meth:`PDCLM.read` computed: decoder states (B, T, d), encoder states (B, T, d),
+    latent states (B, P, D) and the patch id of every position including the target (B, T+1)."""
+
+    out: Tensor
+    h: Tensor
+    z: Tensor
+    pid: Tensor
+
+
 class Stream:
     """Incremental state of B sequences that advance together, one symbol per row per push.
 
     A push costs one encoder, entropy and decoder step for every row and, for the rows whose
     patch closes, one latent step. Rows close patches at different steps, so the latent stack
-    keeps a per-row cache. Its logits equal the full forward pass's, row by row.
+    keeps a per-row cache. Its logits equal the full forward pass's, row by row. A prompt is
+    read at once by :meth:`prefill`, the full forward filling the caches.
     """
 
     @torch.no_grad()
@@ -260,6 +296,51 @@ class Stream:
     def push_one(self, token: int) -> Tensor:
         """Single-row convenience: logits (V,)."""
         return self.push(torch.tensor([token], device=self.device))[0]
+
+    @torch.no_grad()
+    def prefill(self, tokens: Tensor) -> Tensor:
+        """Read a prompt (B, T) (rows of equal length) in one parallel pass, leaving every
+        piece of state as T pushes would; return logits (B, V) for the symbol after each row.
+
+        From a fresh stream only (the caches are filled from empty); a stream that has
+        already read symbols pushes the prompt one symbol at a time instead.
+        """
+        tokens = tokens.to(self.device).long()
+        if tokens.shape[1] == 0:
+            raise ValueError("a prompt needs at least one symbol (BOS)")
+        if self.length:
+            for t in tokens.unbind(1):
+                logits = self.push(t)
+            return logits
+        m, T, cfg = self.model, tokens.shape[1], self.model.pse_cfg.patcher
+        ent = self.entropy.prefill(tokens)  # (B, T+1): the last is the symbol after's
+        # the symbol after is unknown: a placeholder, read only as a target position (the
+        # patch rule for position T reads the symbols before it)
+        padded = F.pad(tokens, (0, 1))
+        every = torch.arange(self.batch, device=self.device)
+        caches = StreamCaches(
+            self.enc_caches, [c.rows(every) for c in self.lat_caches], self.dec_caches
+        )
+        read = m.read(padded, ent, caches)
+        self.n_patches = read.pid[:, T]  # patches closed before position T (its patch's id)
+        for c in self.lat_caches:  # the open patch and the padding are not in them yet
+            c.truncate(self.n_patches)
+        z = torch.cat([m.bos_latent.expand(self.batch, 1, -1).to(read.z.dtype), read.z], 1)
+        last = z.gather(1, self.n_patches[:, None, None].expand(-1, 1, z.shape[-1]))
+        self.ctx = m.from_latent(last).to(self.ctx.dtype)
+
+        starts = F.pad(read.pid.diff(dim=1) > 0, (1, 0), value=True)  # (B, T+1)
+        idx = torch.arange(T + 1, device=self.device).expand_as(starts)
+        cand = boundary_candidates(padded, ent, cfg, float(m.threshold))
+        cand[:, 0] = True
+        self.last_candidate = torch.where(cand, idx, 0).max(1).values
+        self.patch_start = torch.where(starts[:, :T], idx[:, :T], 0).max(1).values
+        self.start_now = starts[:, T]
+        self.recent_h = read.h[:, -self.keep :]
+        self.recent_tokens = tokens[:, -self.keep :]
+        self.recent_entropy = ent[:, -3:]
+        self.length = T
+        return m.head(read.out[:, -1])
 
     @torch.no_grad()
     def push(self, tokens: Tensor) -> Tensor:

@@ -227,6 +227,25 @@ class MemoryStream:
         return self.push(torch.tensor([token], device=self.device))[0]
 
     @torch.no_grad()
+    def prefill(self, tokens: Tensor) -> Tensor:
+        """Read a prompt (B, T); logits (B, V) for the symbol after each row, as T pushes.
+
+        Still symbol by symbol in effect (no one-pass prefill here): but a push that neither
+        commits a segment nor ends the prompt changes nothing except ``pending``, so only
+        segment ends and the last symbol are computed, one segment forward each.
+        """
+        tokens = tokens.to(self.device).long()
+        if tokens.shape[1] == 0:
+            raise ValueError("a prompt needs at least one symbol (BOS)")
+        L = self.model.memory.cfg.segment
+        for t in range(tokens.shape[1] - 1):
+            if self.pending.shape[1] + 1 == L:
+                self.push(tokens[:, t])
+            else:
+                self.pending = torch.cat([self.pending, tokens[:, t, None]], 1)
+        return self.push(tokens[:, -1])
+
+    @torch.no_grad()
     def push(self, tokens: Tensor) -> Tensor:
         """Append one symbol per row (B,); logits (B, V) for the symbol after each."""
         m = self.model

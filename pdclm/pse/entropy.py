@@ -106,6 +106,20 @@ class EntropyStream:
             logits = self.model(x, torch.tensor([i], device=x.device), self.caches)
         return entropy_bits(logits[:, -1])
 
+    @torch.no_grad()
+    def prefill(self, tokens: Tensor) -> Tensor:
+        """Read a prompt (B, T) into an empty stream at once, leaving it as T pushes would;
+        return the profile (B, T + 1) of the prompt and of the symbol after it (the values
+        the pushes would have returned, after a 0 for position 0)."""
+        T = tokens.shape[1]
+        self.tokens = list(tokens.unbind(1))
+        self.start = window_start(T, self.model.context)
+        self.caches = self.model.stack.new_caches()
+        positions = torch.arange(T - self.start, device=tokens.device)
+        self.model.stack(self.model.embed(tokens[:, self.start :]), positions, caches=self.caches)
+        # the symbol after is unknown: a placeholder, never read by the entropy before it
+        return self.model.profile(F.pad(tokens, (0, 1)))
+
 
 @torch.no_grad()
 def profile_long(model: EntropyModel, symbols: Tensor, segment: int = 1 << 16) -> Tensor:

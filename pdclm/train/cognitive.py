@@ -2,8 +2,10 @@
 
 The phase runs in rounds. Each round
 
-1. *probes*: the model solves a few fresh training questions per task; the curriculum moves
-   each task's level with its success and favours tasks solved sometimes but not always;
+1. *probes*: the model solves each task's development questions at the task's level (a set
+   fixed per task and level, disjoint from the final evaluation's and, like it, never trained
+   on, so a memorised question cannot raise a level); the curriculum moves each task's level
+   with its success and favours tasks solved sometimes but not always;
 2. *plays*: proposer/solver self-play over the project's generators and a multi-agent
    dialogue (:mod:`pdclm.cognition.selfplay`), keeping verified episodes only;
 3. *writes its data*: gold-trace episodes for the tasks and levels the curriculum picks plus
@@ -13,15 +15,19 @@ The phase runs in rounds. Each round
 
 Because a round's data is on disk before its steps run, batch ``i`` is a pure function of the
 round files and ``i``: a killed run resumes exactly. Afterwards: held-out accuracy per task
-beside constant baselines, accuracy against thinking budget, how often the CCM's checks catch
-wrong answers, and bits per byte on Phase 1's held-out text before and after.
+beside constant baselines, the probes' development accuracy against the optimizer step,
+accuracy against thinking budget, how often the CCM's checks catch wrong answers, bits per
+byte on Phase 1's held-out text before and after, and how many distinct questions each task
+and level has (and how much of that the held-out sets take).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +40,23 @@ from pdclm.config import Config
 from pdclm.data.episodes import Episode, pack, weighted_symbols
 from pdclm.data.generators import GENERATORS
 from pdclm.data.shards import BatchSampler, ShardSet
-from pdclm.data.tasks import Curriculum, Item, make_source, training_items, unanswerable
+from pdclm.data.tasks import (
+    Curriculum,
+    Item,
+    make_source,
+    question_spaces,
+    training_items,
+    unanswerable,
+)
 from pdclm.eval.tasks import (
     agreement_check,
     budget_sweep,
+    dev_sets,
     eval_budget,
     evaluate_tasks,
     generation_context,
     held_out_sets,
+    plot_accuracy_vs_steps,
     plot_budget_sweep,
     run_items,
     source_separation,
@@ -61,11 +76,44 @@ def round_bounds(cfg: Config) -> list[int]:
     return [steps * (r + 1) // n for r in range(n)]
 
 
-class RoundData:
-    """Builds (or reloads) each round's episodes, and turns them into training batches."""
+def probe_sets(cfg: Config, evaluation: dict[str, list[Item]]) -> dict[str, dict[int, list[Item]]]:
+    """The curriculum probe's questions: ``cognitive.probe_items`` development questions per
+    task at every level it can be trained at, disjoint from ``evaluation`` and the same in
+    every round. All levels are drawn up front, not as levels move: a level's set must be
+    excluded from training before any round trains at a level it overlaps (reasoning-gym's
+    easy levels are subsets of its harder ones), and a resumed run must rebuild the same sets."""
+    top = {n: make_source(n).max_level for n in cfg.tasks.names}
+    out: dict[str, dict[int, list[Item]]] = {n: {} for n in top}
+    if cfg.cognitive.probe_items <= 0:
+        return out
+    for level in range(1, max(top.values(), default=0) + 1):
+        tasks = dataclasses.replace(cfg.tasks, names=[n for n in top if top[n] >= level])
+        for name, items in dev_sets(tasks, cfg.cognitive.probe_items, evaluation, level).items():
+            out[name][level] = items
+    return out
 
-    def __init__(self, cfg: Config, folder: Path, exclude: set[str], text: ShardSet) -> None:
-        self.cfg, self.folder, self.exclude = cfg, folder, exclude
+
+class RoundData:
+    """Builds (or reloads) each round's episodes, and turns them into training batches.
+
+    ``evaluation``: the final evaluation's questions. They, the probe's development
+    questions (``dev``) and those of Phase 3's probe form ``exclude``, which no round's
+    episodes may contain."""
+
+    def __init__(
+        self, cfg: Config, folder: Path, evaluation: dict[str, list[Item]], text: ShardSet
+    ) -> None:
+        self.cfg, self.folder = cfg, folder
+        self.dev = probe_sets(cfg, evaluation)
+        phase3_dev = (
+            dev_sets(cfg.tasks, cfg.rl.probe_items, evaluation) if cfg.rl.probe_items else {}
+        )
+        self.exclude = {
+            it.question
+            for group in (evaluation, phase3_dev)
+            for items in group.values()
+            for it in items
+        } | {it.question for it in self.dev_items()}  # Phase 3's probe: never trained on either
         cg = cfg.cognitive
         self.n_text = round(cg.batch * cg.text_share)
         self.text = (
@@ -80,6 +128,10 @@ class RoundData:
             floor=0.1,  # unsolved tasks still get gold traces: supervised data, not RL
         )
         self._pools: dict[int, list[tuple[list[int], list[float]]]] = {}
+
+    def dev_items(self) -> list[Item]:
+        """Every development question of every task and level."""
+        return [it for levels in self.dev.values() for items in levels.values() for it in items]
 
     def paths(self, r: int) -> tuple[Path, Path]:
         return self.folder / f"round_{r:02d}.jsonl", self.folder / f"round_{r:02d}.json"
@@ -99,7 +151,8 @@ class RoundData:
         seed = 1 + cfg.train.seed * 7_000_003 + r * 100_003
         model.eval()
         with generation_context(cfg.train.bf16):
-            probe = self.probe(model, seed)
+            levels = dict(self.curriculum.level)  # what the probe asks at (it may move them)
+            probe = self.probe(model)
             proposals, proposer_stats = (
                 propose_and_solve(
                     model,
@@ -144,7 +197,10 @@ class RoundData:
         meta = {
             "round": r,
             "curriculum": self.curriculum.state(),
+            "probe_step": self.bounds[r - 1] if r else 0,
+            "probe_levels": levels,
             "probe_success": probe,
+            "probe_mean": sum(probe.values()) / len(probe) if probe else None,
             "levels": dict(self.curriculum.level),
             "weights": self.curriculum.weights(),
             "episodes": {
@@ -170,15 +226,14 @@ class RoundData:
             )
         return meta
 
-    def probe(self, model: PDCLM, seed: int) -> dict[str, float]:
-        """Solve fresh training questions at each task's level; feed the curriculum."""
+    def probe(self, model: PDCLM) -> dict[str, float]:
+        """Solve each task's development questions at its level; feed the curriculum."""
         cfg = self.cfg
-        items = []
-        for name in cfg.tasks.names:
-            level = self.curriculum.level[name]
-            items += training_items(
-                make_source(name), level, cfg.cognitive.probe_items, seed + 3, self.exclude
-            )
+        items = [
+            it
+            for name in cfg.tasks.names
+            for it in self.dev[name].get(self.curriculum.level[name], [])
+        ]
         sols = run_items(model, items, eval_budget(cfg.tasks), cfg.tasks.batch, cfg.train.bf16)
         success: dict[str, list[float]] = {n: [] for n in cfg.tasks.names}
         for it, sol in zip(items, sols, strict=True):
@@ -261,10 +316,10 @@ class Cognitive:
         cfg.pse.patcher.threshold = mcfg.pse.patcher.threshold
 
         sets = held_out_sets(cfg.tasks)
-        exclude = {it.question for items in sets.values() for it in items}
         tag = store_profiles(cfg, model.entropy, ctx.progress)
         train_text, val_text = (ShardSet.open(cfg.data.dir, s) for s in ("train", "val"))
-        data = RoundData(cfg, folder / "rounds", exclude, train_text)
+        data = RoundData(cfg, folder / "rounds", sets, train_text)
+        spaces = self.question_spaces(cfg, sets, data)
         val_batches = held_out_batches(
             val_text, cfg.train.seq_len, cfg.train.batch, cfg.train.eval_batches, tag
         )
@@ -302,7 +357,38 @@ class Cognitive:
         result["train_seconds"] = seconds
         model.eval().cpu()
         save_model(model, cfg, run_dir / "model")
-        return self.evaluate(ctx, model, sets, result, rounds)
+        return self.evaluate(ctx, model, sets, result, rounds) | {"question_space": spaces}
+
+    @staticmethod
+    def question_spaces(
+        cfg: Config, sets: dict[str, list[Item]], data: RoundData
+    ) -> dict[str, Any]:
+        """Each task's question space per level and the share the held-out questions
+        (evaluation and development) take from training; ``cognitive.space_draws`` bounds the
+        sampling where a space cannot be counted (0 skips this)."""
+        draws, start = cfg.cognitive.space_draws, time.perf_counter()
+        held = [*(it for items in sets.values() for it in items), *data.dev_items()]
+        rows = question_spaces(cfg.tasks.names, held, draws) if draws else []
+        return {"draws": draws, "seconds": round(time.perf_counter() - start, 2), "rows": rows}
+
+    @staticmethod
+    def accuracy_vs_steps(rounds: list[dict[str, Any]], bounds: list[int]) -> list[dict[str, Any]]:
+        """One record per round: its probe's development accuracy (mean and per task, each
+        task at the level it was probed at) and the optimizer step the probe ran at (round
+        folders written before the probe recorded its step get it from the schedule)."""
+        out = []
+        for r, meta in enumerate(rounds):
+            tasks = meta.get("probe_success", {})
+            out.append(
+                {
+                    "round": r,
+                    "step": meta.get("probe_step", bounds[r - 1] if r else 0),
+                    "mean": sum(tasks.values()) / len(tasks) if tasks else None,
+                    "tasks": tasks,
+                    "levels": meta.get("probe_levels", {}),
+                }
+            )
+        return out
 
     def evaluate(
         self,
@@ -320,8 +406,10 @@ class Cognitive:
         with generation_context(bf16):
             sources = source_separation(model, sets)
         history = result.pop("history")
+        progress = self.accuracy_vs_steps(rounds, round_bounds(cfg))
         plots = {
             "phase2_accuracy_vs_budget.png": lambda path: plot_budget_sweep(sweep, path),
+            "phase2_accuracy_vs_steps.png": lambda path: plot_accuracy_vs_steps(progress, path),
         }
         return {
             **tasks,
@@ -331,6 +419,7 @@ class Cognitive:
             "text_bpb_before": history[0]["val_bpb"] if history else None,
             "text_bpb_after": result.get("val_bpb"),
             "rounds": rounds,
+            "accuracy_vs_steps": progress,
             "val_history": history,
             **epilogue(ctx, 2, tasks, result, plots),
         }

@@ -15,7 +15,14 @@ Starting from the Phase 2 model, each policy update
 The reflection network is trained before the first update and retrained every
 ``rl.reflect_every`` updates on the policy's newest rollouts, so the policy cannot settle
 into its blind spots. Every batch of rollouts and every critic version is written to disk
-before it is used: a killed run resumes exactly. Afterwards: held-out accuracy after Phase 2
+before it is used: a killed run resumes exactly.
+
+A handful of RL updates can lower accuracy (measured here: 0.115 after Phase 2, 0.098 after
+Phase 3), so the phase never ends worse than it started by its own measure: a probe solves
+``rl.probe_items`` development questions per task (disjoint from the final evaluation's and,
+like them, never a training prompt) greedily on the Phase 2 model and after every
+``rl.probe_every`` updates, and the best-scoring of these models (the earliest on a tie) is
+the one evaluated and saved (:class:`BestByDev`). Afterwards: held-out accuracy after Phase 2
 and 3, the critic's precision/recall on held-out rollouts, robustness to perturbed wording
 with and without reflect-and-revise, the unanswerable-question check, and reward curves.
 """
@@ -25,6 +32,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +55,7 @@ from pdclm.cognition.reflection import (
     solution_episode,
 )
 from pdclm.cognition.rewards import CHANNELS, Rollout, advantages, score_channels
-from pdclm.config import Config, ConfigError
+from pdclm.config import Config, ConfigError, RLConfig
 from pdclm.data.episodes import Episode, Judged
 from pdclm.data.human import HumanExample, split_by_question, stored_examples
 from pdclm.data.tasks import (
@@ -67,13 +75,23 @@ from pdclm.eval.reflection import (
     unanswerable_check,
 )
 from pdclm.eval.tasks import (
+    correct,
+    dev_sets,
     eval_budget,
     evaluate_tasks,
     generation_context,
     held_out_sets,
     run_items,
+    solve_sets,
 )
-from pdclm.io import atomic_write, load_weights, main_writes, save_weights, write_jsonl_atomic
+from pdclm.io import (
+    atomic_write,
+    load_weights,
+    main_writes,
+    save_weights,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 from pdclm.model.io import copy_model, load_model, save_model
 from pdclm.model.pdclm import PDCLM
 from pdclm.train.critic import train_reflector
@@ -84,6 +102,131 @@ from pdclm.vocab import EOS
 
 STATS = (*CHANNELS, "thinking_bytes", "informative_groups", "unanswerable_said")
 """What each batch of rollouts logs (reward channel means first), in this order."""
+
+
+def held_out_questions(
+    cfg: Config,
+) -> tuple[dict[str, list[Item]], dict[str, list[Item]], set[str]]:
+    """The final evaluation's questions per task, the probe's development questions per task
+    (none when ``rl.probe_items`` is 0) and every one of their questions: what no prompt, no
+    critic example and no warm-up rollout may contain."""
+    sets = held_out_sets(cfg.tasks)
+    dev = dev_sets(cfg.tasks, cfg.rl.probe_items, sets) if cfg.rl.probe_items else {}
+    exclude = {it.question for group in (sets, dev) for items in group.values() for it in items}
+    return sets, dev, exclude
+
+
+def probe_windows(rl: RLConfig) -> list[int]:
+    """The policy updates after which the probe runs: every ``rl.probe_every`` and the last
+    (only the last when there is no probe)."""
+    if not rl.probe_items:
+        return [rl.steps]
+    return sorted({*range(rl.probe_every, rl.steps, rl.probe_every), rl.steps})
+
+
+def dev_accuracy(policy: PDCLM, dev: dict[str, list[Item]], cfg: Config) -> dict[str, float]:
+    """Greedy accuracy per task on the development questions, with the evaluation's budget.
+    Generation is gathered across ranks, and rank 0's figures are broadcast, so every rank
+    takes the same keep-or-not decision."""
+    solved = solve_sets(policy, dev, eval_budget(cfg.tasks), cfg.tasks.batch, cfg.train.bf16)
+    acc = {
+        name: sum(correct(make_source(name), items, solved[name])) / len(items)
+        for name, items in dev.items()
+        if items
+    }
+    return dist.broadcast(acc)
+
+
+class BestByDev:
+    """The probe's history and the best model so far, on disk in ``folder``: the weights of
+    the best model as ``update_XXXXX.safetensors``, then ``probe.json`` (every probe and
+    which file is the best), each written atomically by rank 0. A kill between the two leaves
+    the previous ``probe.json``, which names the previous file; the resumed run probes that
+    window again (greedy decoding: the same score) and writes both again. A model replaces
+    the best only by scoring strictly higher: a tie keeps the earlier (cheaper) one, and the
+    Phase 2 model (update 0) is a candidate like any window."""
+
+    FILE = "probe.json"
+
+    def __init__(self, folder: Path, dev: dict[str, list[Item]]) -> None:
+        self.folder = folder
+        self.per_task = max((len(v) for v in dev.values()), default=0)
+        self.items = sum(len(v) for v in dev.values())
+        path = folder / self.FILE
+        state = dist.broadcast(json.loads(path.read_text()) if path.exists() else {})
+        self.history: list[dict[str, Any]] = state.get("history", [])
+        self.best: dict[str, Any] | None = state.get("best")
+
+    def weights(self, update: int) -> Path:
+        return self.folder / f"update_{update:05d}.safetensors"
+
+    def done(self, update: int) -> bool:
+        return any(r["update"] == update for r in self.history)
+
+    def record(
+        self, update: int, step: int, tasks: dict[str, float], model: PDCLM, seconds: float
+    ) -> bool:
+        """Log the probe of the model after ``update`` policy updates (optimizer step
+        ``step``; the probe took ``seconds``); keep its weights if it beats the best so far.
+        True when it does."""
+        acc = sum(tasks.values()) / len(tasks) if tasks else 0.0
+        row = {"update": update, "step": step, "accuracy": acc, "items": self.items}
+        row |= {"tasks": tasks, "seconds": round(seconds, 2)}
+        better = self.best is None or acc > self.best["accuracy"]
+        self.history.append(row)
+        if better:
+            self.best = {k: row[k] for k in ("update", "step", "accuracy")}
+            self.best["file"] = self.weights(update).name
+        state = {"history": self.history, "best": self.best}
+
+        def write() -> None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if better:
+                save_weights(model, self.weights(update))
+            write_json_atomic(self.folder / self.FILE, state)  # names the best file
+            for old in self.folder.glob("update_*.safetensors"):
+                if old.name != state["best"]["file"]:
+                    old.unlink()
+
+        main_writes(write)
+        return better
+
+    def restore(self, model: PDCLM) -> None:
+        """Load the best model's weights into ``model``."""
+        if self.best is not None:
+            load_weights(model, self.folder / self.best["file"])
+
+    def summary(self, rl: RLConfig) -> dict[str, Any]:
+        """For the report: every probe, the model kept and why."""
+        start = next((r for r in self.history if r["update"] == 0), None)
+        best = self.best or {}
+        n = f"{self.items} development questions"
+        if not best.get("update"):
+            why = (
+                f"no window beat the Phase 2 model's {start['accuracy']:.3f} on {n}: Phase 3 "
+                "returns the Phase 2 model"
+                if start
+                else "no probe ran"
+            )
+        else:
+            others = [r["accuracy"] for r in self.history if r["update"] != best["update"]]
+            why = (
+                f"update {best['update']} scored {best['accuracy']:.3f} on {n}, above the Phase 2 "
+                f"model's {start['accuracy'] if start else float('nan'):.3f} and every other "
+                f"window's (best other {max(others, default=float('nan')):.3f}); ties keep "
+                "the earlier model"
+            )
+        return {
+            "items_per_task": self.per_task,
+            "items": self.items,
+            "every": rl.probe_every,
+            "updates": rl.steps,
+            "history": self.history,
+            "seconds": round(sum(r["seconds"] for r in self.history), 1),
+            "kept": {k: v for k, v in best.items() if k != "file"} or None,
+            "kept_phase2_model": not best.get("update"),
+            "why": why,
+        }
 
 
 class Critics:
@@ -138,7 +281,11 @@ class Critics:
             if self.human_cal:
                 with generation_context(self.cfg.train.bf16):
                     stats["calibration"] = calibrate(critic, self.human_cal)
-            main_writes(lambda: self.save(v, critic))  # every rank trained the same critic
+            main_writes(lambda: self.save(v, critic))
+            # every rank trained on the same examples, but not always to the same last bit
+            # (measured: two FSDP ranks' critics scored one answer 0.475 and 0.325, and
+            # reflect-and-revise then revised different questions on each): all take rank 0's
+            load_weights(critic, self.path(v))
             self.history.append({"version": v, "examples": len(examples), **stats})
             if self.progress:
                 tqdm.write(
@@ -184,12 +331,29 @@ class RolloutBatches:
         """Brings the training weights into ``policy`` before it generates (FSDP trains a
         sharded copy)."""
         self.names = list(cfg.tasks.names)
+        self.prior: dict[str, tuple[int, int]] = {}
+        """Per task, (right, asked) of the probe of the Phase 2 model: what the curriculum
+        knows before any rollout (see :meth:`start_from`)."""
         self.curriculum = self.new_curriculum()
         self.recorded = 0
         """Updates whose rollouts the curriculum has seen."""
 
     def new_curriculum(self) -> Curriculum:
-        return Curriculum(self.names, dict.fromkeys(self.names, 1), window=4 * self.cfg.rl.group)
+        c = Curriculum(self.names, dict.fromkeys(self.names, 1), window=4 * self.cfg.rl.group)
+        for name, (right, asked) in self.prior.items():
+            for j in range(asked):
+                c.record(name, j < right)
+        return c
+
+    def start_from(self, probe: dict[str, float], asked: dict[str, int]) -> None:
+        """Seed the curriculum with the Phase 2 model's development accuracy per task
+        (``probe``, over ``asked`` questions): a task it never solves gets the curriculum's
+        floor weight from the first update instead of the 'unknown' weight, the highest there
+        is, so the first updates' prompts go to tasks solved sometimes (whose groups disagree
+        and so carry an advantage). Real rollouts push these entries out of the window within a
+        few groups. Costs nothing: the probe runs anyway; rebuilt alike on resume."""
+        self.prior = {n: (round(probe[n] * asked[n]), asked[n]) for n in probe if n in asked}
+        self.curriculum, self.recorded = self.new_curriculum(), 0
 
     def paths(self, k: int) -> tuple[Path, Path]:
         return self.folder / f"batch_{k:05d}.safetensors", self.folder / f"batch_{k:05d}.jsonl"
@@ -383,8 +547,7 @@ class Reflective:
             reference, _ = load_model(start)
             reference.requires_grad_(False)
 
-        sets = held_out_sets(cfg.tasks)
-        exclude = {it.question for items in sets.values() for it in items}
+        sets, dev, exclude = held_out_questions(cfg)
         human = split_by_question(
             stored_examples(cfg.data.dir), cfg.human.holdout, cfg.human.calibration
         )
@@ -413,12 +576,16 @@ class Reflective:
             postfix=("loss", "correctness", "thinking_bytes", "kl"),
         )
         data.sync = trainer.return_weights
-        result = trainer.fit(resume=True)
+        best = BestByDev(folder / "best", dev)
+        result = self.train(ctx, trainer, policy, dev, best, data)
         policy.eval().cpu()
+        best.restore(policy)  # the best model by the probe, the Phase 2 one included
         critic = critics.get((rl.steps - 1) // rl.reflect_every)
         # with the reflection network beside it, for `solve --reflect`
         save_model(policy, cfg, run_dir / "model", extra={CRITIC_FILE: critic})
         out = self.evaluate(ctx, policy, critic, sets, result, critics)
+        if dev:
+            out["probe"] = best.summary(rl)
         if any(human):  # how the critic and each channel agree with held-out human verdicts
             with generation_context(cfg.train.bf16):
                 out["human"] = {
@@ -427,6 +594,50 @@ class Reflective:
                     "held_out": agreement(critic, human[2], cfg),
                 }
         return out
+
+    def train(
+        self,
+        ctx: RunContext,
+        trainer: Trainer,
+        policy: PDCLM,
+        dev: dict[str, list[Item]],
+        best: BestByDev,
+        data: RolloutBatches,
+    ) -> dict[str, Any]:
+        """Train window by window (:func:`probe_windows`), probing the model before the first
+        (its figures seed the prompt curriculum) and after each; a window already probed
+        before a restart is not trained or probed again (the trainer resumes from its newest
+        checkpoint, written before that probe). The trainer's result, with the training
+        seconds of every window of this process."""
+        cfg, rl = ctx.cfg, ctx.cfg.rl
+        windows = probe_windows(rl)
+
+        def probe(update: int) -> None:
+            if not dev or best.done(update):
+                return
+            t0 = time.perf_counter()
+            tasks = dev_accuracy(policy, dev, cfg)
+            kept = best.record(update, update * rl.updates, tasks, policy, time.perf_counter() - t0)
+            if ctx.progress:
+                row = best.history[-1]
+                tqdm.write(
+                    f"phase3 probe after update {update}: dev accuracy {row['accuracy']:.3f} on "
+                    f"{row['items']} questions ({row['seconds']:.1f} s)"
+                    + ("; best so far, kept" if kept else "")
+                )
+
+        probe(0)
+        if best.history:
+            data.start_from(best.history[0]["tasks"], {n: len(v) for n, v in dev.items()})
+        seconds, result = 0.0, {}
+        for end in windows:
+            if end != windows[-1] and best.done(end):
+                continue  # trained and probed before a restart
+            result = trainer.fit(resume=True, until=end * rl.updates)
+            seconds += result["train_seconds"]
+            if result["steps"] == end * rl.updates:  # not when resumed past it (an older run)
+                probe(end)
+        return result | {"train_seconds": seconds}
 
     def evaluate(
         self,
