@@ -142,6 +142,11 @@ def test_robustness_not_measurable_says_how_many_items_it_needs():
     assert old["verdict"] == "not measurable at this size"
     assert old["test"]["test"] == "Fisher exact" and "pairing was not recorded" in old["measure"]
     assert old["test"]["needed_items"] == stats.paired_items_needed(3 / 78, 0.3)
+    # the main job's 2026-12-04 run: 5 and 5 right, the same five. No pair told the two
+    # apart, which 78 items cannot rule out: the interval spans what 0 of 78 allows
+    same = claims.robustness_row(robustness(5, 0, 0, 73), "x")
+    lo, hi = same["test"]["relative_ci95"]
+    assert lo < -0.3 and hi > 0.3 and same["verdict"] == "not measurable at this size"
     none = claims.robustness_row(robustness(0, 3, 0, 75), "x")
     assert none["verdict"] == "not measurable at this size"
     assert "got none right" in none["measure"]

@@ -113,8 +113,9 @@ def paired(both: int, only_a: int, only_b: int, neither: int) -> dict[str, Any]:
 
     The interval holds the concordant count fixed and maps the exact interval of the share of
     discordant pairs won by A, pi, through (both + d pi) / (both + d (1 - pi)) - 1 (d the
-    discordant count); it excludes 0 exactly when the McNemar test rejects. ``None`` for an
-    end that is unbounded (B got nothing right)."""
+    discordant count); it excludes 0 exactly when the McNemar test rejects. With no discordant
+    pair it spans the discordant count 0 of ``n`` still allows (the upper end of its exact
+    interval, for either side). ``None`` for an end that is unbounded (B got nothing right)."""
     n = both + only_a + only_b + neither
     d = only_a + only_b
     right_a, right_b = both + only_a, both + only_b
@@ -125,7 +126,13 @@ def paired(both: int, only_a: int, only_b: int, neither: int) -> dict[str, Any]:
         return num / den - 1 if den > 0 else (math.inf if num > 0 else math.nan)
 
     rel = right_a / right_b - 1 if right_b else (math.inf if right_a else math.nan)
-    lo, hi = (change(lo_pi), change(hi_pi)) if d else (rel, rel)
+    if d:
+        lo, hi = change(lo_pi), change(hi_pi)
+    else:  # no item told them apart: the interval is how far the unseen discordant share
+        # could go (0 of n seen), not the point 0 a conditional interval would give
+        reach = clopper_pearson(0, n)[1] * n if n else 0.0
+        lo = (right_a - reach) / right_b - 1 if right_b else math.nan
+        hi = (right_a + reach) / right_b - 1 if right_b else math.inf
     return {
         "n": n,
         "a": proportion(right_a, n),
