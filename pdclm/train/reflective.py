@@ -139,8 +139,9 @@ def dev_accuracy(policy: PDCLM, dev: dict[str, list[Item]], cfg: Config) -> dict
 
 class BestByDev:
     """The probe's history and the best model so far, on disk in ``folder``: the weights of
-    the best model as ``update_XXXXX.safetensors``, then ``probe.json`` (every probe and
-    which file is the best), each written atomically by rank 0. A kill between the two leaves
+    the best model as ``update_<n>.safetensors`` (n: the policy updates before it, five
+    digits), then ``probe.json`` (every probe and which file is the best), each written
+    atomically by rank 0. A kill between the two leaves
     the previous ``probe.json``, which names the previous file; the resumed run probes that
     window again (greedy decoding: the same score) and writes both again. A model replaces
     the best only by scoring strictly higher: a tie keeps the earlier (cheaper) one, and the
