@@ -381,7 +381,13 @@ class CognitiveConfig:
     """Loss weight of question bytes (1 for thinking and answer): a little, so the model can
     propose questions in self-play, without spending the model on them."""
     episodes_per_round: int = 3000
-    """Gold-trace episodes generated per round, spread over tasks by the curriculum."""
+    """Gold-trace episodes generated per round, spread over tasks by ``mix``."""
+    mix: str = "variance"
+    """How a round spreads its gold-trace episodes over tasks, from the probe: ``variance``
+    (p(1 - p) of the probe's success, never below a floor), ``gap`` (what is left to learn,
+    1 - p) or ``progress`` (1 - p times how fast the task's gold bits fall). On the cpu
+    preset the three ended within 0.01 of each other (docs/phase2_steps.md): the probe's
+    few questions cannot yet tell where accuracy rises."""
     probe_items: int = 16
     """Development questions per task and level, solved at the task's level at the start of
     each round (the curriculum's probe): the same every round and never trained on."""
@@ -473,6 +479,10 @@ class RLConfig:
     probe, the last policy is kept."""
     probe_every: int = 5
     """Policy updates (``steps``) per probe window; the last update always ends one."""
+    probe_alpha: float = 0.1
+    """A window replaces the kept model only when it answers more development questions right
+    and a one-sided exact McNemar test on the questions the two answer differently gives
+    p <= this (1.0: any gain counts)."""
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     reflection: ReflectionConfig = field(default_factory=ReflectionConfig)
 
@@ -824,6 +834,8 @@ def validate(cfg: Config) -> None:
         need(getattr(cg, name) >= 1, f"cognitive.{name} must be >= 1")
     need(cg.steps >= cg.rounds, "cognitive.steps must be >= cognitive.rounds")
     need(0.0 <= cg.text_share < 1.0, "cognitive.text_share must be in [0, 1)")
+    mixes = ("progress", "gap", "variance")
+    need(cg.mix in mixes, f"cognitive.mix must be one of {', '.join(mixes)}; got '{cg.mix}'")
     need(0.0 <= cg.unanswerable_share < 1.0, "cognitive.unanswerable_share must be in [0, 1)")
     need(0.0 <= cg.question_weight <= 1.0, "cognitive.question_weight must be in [0, 1]")
     need(cg.lr > 0 and cg.temperature > 0, "cognitive.lr and cognitive.temperature must be > 0")
@@ -841,6 +853,7 @@ def validate(cfg: Config) -> None:
         need(getattr(rl, name) >= 1, f"rl.{name} must be >= 1")
     need(rl.probe_items >= 0, "rl.probe_items must be >= 0 (0: keep the last policy)")
     need(rl.probe_every >= 1, "rl.probe_every must be >= 1")
+    need(0.0 < rl.probe_alpha <= 1.0, "rl.probe_alpha must be in (0, 1]")
     need(rl.group >= 2, "rl.group must be >= 2 (advantages are relative within a group)")
     need(rl.lr > 0 and rl.temperature > 0, "rl.lr and rl.temperature must be > 0")
     need(rl.warmup >= 0, "rl.warmup must be >= 0")

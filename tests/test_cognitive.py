@@ -280,6 +280,7 @@ def test_the_curriculum_probe_never_sees_a_trained_question(tmp_path, monkeypatc
         return [Solution(q, (), "", False, 0) for q in questions]
 
     monkeypatch.setattr(cognitive, "run_items", probe_answers_right)
+    monkeypatch.setattr(cognitive, "gold_bits", lambda model, items, *a, **k: [1.0] * len(items))
     monkeypatch.setattr(selfplay, "complete", proposes_dev_questions)
     monkeypatch.setattr(selfplay, "solve", answers_wrong)
     metas = [data.build(r, torch.nn.Identity(), progress=False) for r in range(2)]
@@ -318,3 +319,69 @@ def test_the_curriculum_probe_never_sees_a_trained_question(tmp_path, monkeypatc
     assert set(metas[0]["probe_levels"].values()) == {1}  # all right: every task moved up
     assert set(metas[1]["probe_levels"].values()) == {2}
     assert [m["probe_step"] for m in metas] == [0, cognitive.round_bounds(cfg)[0]]
+
+
+def test_phase2_spends_its_episodes_where_accuracy_is_rising(tmp_path):
+    """``cognitive.mix = progress``: weight = (1 - success) x the relative fall of the gold
+    bits since the last probe at the same level (over the largest fall); unknown falls count
+    as the largest; solved or stalled tasks keep the floor."""
+    import pdclm.train.cognitive as cognitive
+    from pdclm.eval.tasks import held_out_sets
+
+    cfg = load_preset("tiny")  # chain_sum, spell_backward, arithmetic, hanoi
+    cfg.cognitive.text_share, cfg.cognitive.mix = 0.0, "progress"  # no text rows
+    data = cognitive.RoundData(cfg, tmp_path, held_out_sets(cfg.tasks), None)
+    names = list(cfg.tasks.names)
+    ones = dict.fromkeys(names, 1)
+    assert data.task_weights(dict.fromkeys(names, 0.0), {}, ones, None) == dict.fromkeys(names, 1.0)
+    prev = {
+        "probe_bits": {"chain_sum": 2.0, "spell_backward": 2.0, "arithmetic": 1.0, "hanoi": 3.0},
+        "probe_levels": {**ones, "hanoi": 2},  # hanoi's level moved since: its fall is unknown
+    }
+    bits = {"chain_sum": 1.0, "spell_backward": 1.8, "arithmetic": 1.1, "hanoi": 2.0}
+    success = {"chain_sum": 0.5, "spell_backward": 0.0, "arithmetic": 0.0, "hanoi": 0.0}
+    w = data.task_weights(success, bits, ones, prev)
+    # chain_sum 0.5 x (0.5 / 0.5); spell_backward 1 x (0.1 / 0.5); arithmetic rose; hanoi 1 x 1
+    assert w == pytest.approx(
+        {"chain_sum": 0.5, "spell_backward": 0.2, "arithmetic": 0.1, "hanoi": 1}
+    )
+    solved = data.task_weights({**success, "hanoi": 1.0}, bits, ones, prev)
+    assert solved["hanoi"] == 0.1 and solved["chain_sum"] == 1.0  # the floor; the new top
+    cfg.cognitive.mix = "gap"
+    assert data.task_weights(success, bits, ones, prev) == pytest.approx(
+        {"chain_sum": 0.5, "spell_backward": 1.0, "arithmetic": 1.0, "hanoi": 1.0}
+    )
+    cfg.cognitive.mix = "variance"
+    assert data.task_weights(success, bits, ones, prev) == data.curriculum.weights()
+
+
+def test_gold_bits_read_each_item_alone(corpus, tmp_path):
+    """Teacher-forced bits of the gold thinking and answer: the same whether an item is read
+    alone or padded in a batch beside longer ones, and equal to the training loss of its row."""
+    from pdclm.data.tasks import Item
+    from pdclm.eval.tasks import gold_bits
+    from pdclm.model.pdclm import LN2, PDCLM
+    from pdclm.train.objectives import weighted_lm_loss
+
+    cfg = load_preset("tiny")
+    torch.manual_seed(0)
+    model = PDCLM(cfg.pse, cfg.model).eval()
+    items = [
+        Item("arithmetic", 1, "Compute 2 + 3.", "5", ("2 + 3 = 5",)),
+        Item(
+            "arithmetic",
+            1,
+            "Compute 12 + 7 * 3 - 5.",
+            "28",
+            ("7 * 3 = 21", "12 + 21 = 33", "33 - 5 = 28"),
+        ),
+        Item("spell_backward", 1, "Spell this word backward: dis", "sid"),
+    ]
+    together = gold_bits(model, items, bf16=False)
+    alone = [gold_bits(model, [it], bf16=False)[0] for it in items]
+    assert together == pytest.approx(alone, rel=1e-4)
+    symbols, weights = weighted_symbols(Episode(items[1].question, items[1].steps, "28"), 0.0)
+    with torch.no_grad():
+        loss, _ = weighted_lm_loss(model, (torch.tensor([symbols]), torch.tensor([weights[1:]])))
+    assert together[1] == pytest.approx(float(loss) / LN2, rel=1e-4)
+    assert len(set(together)) == 3 and all(0 < b < 20 for b in together)

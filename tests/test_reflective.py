@@ -307,6 +307,7 @@ def _phase3(tmp_path, monkeypatch, scores: dict[int, float], updates: list[int],
     cfg.pse.patcher.rule = "whitespace"
     cfg.tasks.names = ["chain_sum", "arithmetic"]  # short questions: a quick critic
     cfg.rl.prompts, cfg.rl.group, cfg.rl.lr, cfg.rl.reflect_every = 2, 2, 1e-2, 4
+    cfg.rl.probe_alpha = 1.0  # any gain counts (4 questions can show no significant one)
     rf = cfg.rl.reflection
     rf.steps, rf.batch, rf.items, rf.rollouts = 1, 4, 4, 4
     assert probe_windows(cfg.rl) == [2, 4]
@@ -321,7 +322,8 @@ def _phase3(tmp_path, monkeypatch, scores: dict[int, float], updates: list[int],
         assert sum(map(len, dev.values())) == 2 * len(cfg.tasks.names)
         update = next(expected)
         probed[update] = {k: v.detach().clone() for k, v in policy.state_dict().items()}
-        return dict.fromkeys(dev, scores[update])
+        right = iter(j < 4 * scores[update] for j in range(4))  # the first questions right
+        return {name: [next(right) for _ in items] for name, items in dev.items()}
 
     def fake_run_items(model, items, *args, **kwargs):
         return [_fake_solution(it, j % 2 == 1) for j, it in enumerate(items)]
@@ -334,7 +336,7 @@ def _phase3(tmp_path, monkeypatch, scores: dict[int, float], updates: list[int],
             raise KeyboardInterrupt
         return real_batch(self, i, rows)
 
-    monkeypatch.setattr(reflective, "dev_accuracy", probe)
+    monkeypatch.setattr(reflective, "dev_results", probe)
     monkeypatch.setattr(reflective, "run_items", fake_run_items)
     monkeypatch.setattr(RolloutBatches, "batch", batch)
     monkeypatch.setattr(reflective.Reflective, "evaluate", lambda self, ctx, *a: {})
@@ -376,6 +378,7 @@ def test_phase3_keeps_the_best_window_by_the_probe_across_a_kill(tmp_path, monke
     assert all(r["items"] == 4 for r in probe["history"])  # 2 tasks x 2 questions
     assert probe["kept"] == {"update": 2, "step": 2, "accuracy": 0.5}
     assert not probe["kept_phase2_model"] and "update 2 scored 0.500" in probe["why"]
+    assert [r["right"] for r in probe["history"]] == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]
     kept = sorted(p.name for p in (run / "reflective/best").iterdir())
     assert kept == ["probe.json", "update_00002.safetensors"]  # the others' weights removed
 
@@ -387,3 +390,25 @@ def test_phase3_returns_the_phase2_model_when_no_window_beats_it(tmp_path, monke
     assert not _same(final, probed[4])
     assert out["probe"]["kept_phase2_model"] and out["probe"]["kept"]["update"] == 0
     assert "no window beat the Phase 2 model's 0.500" in out["probe"]["why"]
+
+
+def test_phase3_keeps_a_window_only_when_its_gain_is_beyond_chance(tmp_path):
+    """With ``alpha`` 0.1, on 40 questions: +2 right (2 gained, 0 lost: p = 0.25) does not
+    replace the Phase 2 model; +5 (6 gained, 1 lost: p = 0.06) does; a later window must then
+    beat *that* model."""
+    model = _tiny_model()
+    best = reflective.BestByDev(tmp_path, {"t": [None] * 40}, alpha=0.1)
+    base = [True] * 10 + [False] * 30
+    assert best.record(0, 0, {"t": base}, model, 0.0)  # the first model is the best so far
+    plus2 = [True] * 12 + [False] * 28
+    assert not best.record(2, 2, {"t": plus2}, model, 0.0)
+    assert best.history[-1]["p_vs_best"] == pytest.approx(0.25)
+    plus5 = [False] + [True] * 15 + [False] * 24
+    assert best.record(4, 4, {"t": plus5}, model, 0.0)
+    assert best.history[-1]["p_vs_best"] == pytest.approx(8 / 128)  # P(X >= 6 | 7, 1/2)
+    assert not best.record(6, 6, {"t": [True] * 16 + [False] * 24}, model, 0.0)  # +1 on it
+    assert best.best["update"] == 4
+    summary = best.summary(load_preset("tiny").rl)
+    assert summary["kept"]["update"] == 4 and "p = 0.062 <= 0.1" in summary["why"]
+    again = reflective.BestByDev(tmp_path, {"t": [None] * 40}, alpha=0.1)  # a resumed run
+    assert again.best == best.best and again.history == best.history

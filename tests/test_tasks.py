@@ -44,6 +44,7 @@ ALWAYS_TRACED = {
     "basic_arithmetic": (1,),
     "chain_sum": (1, 2, 3),
     "spell_backward": (1, 2, 3),
+    "word_sequence_reversal": (1, 2, 3),
     "letter_counting": (1, 2, 3),
     "count_bits": (1, 2, 3),
     "simple_equations": (1,),
@@ -77,6 +78,13 @@ def test_gym_traces_read_as_intended():
         "letters: r o i d",
         "reversed: d i o r",
     )
+    words = {"words": ["hundred", "go", "still"]}
+    assert GYM_TRACES["word_sequence_reversal"](entry(words, "still, go, hundred")) == (
+        "1 hundred",
+        "2 go",
+        "3 still",
+    )
+    assert GYM_TRACES["word_sequence_reversal"](entry(words, "go, still, hundred")) == ()
     counting = {"span": ["Mr", "Smith", "mum"], "target_letter": "m"}
     assert GYM_TRACES["letter_counting"](entry(counting, "4")) == (
         "Mr: 1",

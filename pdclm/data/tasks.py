@@ -155,6 +155,15 @@ def _spell_backward_trace(entry: dict) -> tuple[str, ...]:
     return f"letters: {' '.join(word)}", f"reversed: {' '.join(word[::-1])}"
 
 
+def _word_sequence_reversal_trace(entry: dict) -> tuple[str, ...]:
+    """The words numbered in order, one per line: the answer then reads them back from the
+    last line up, each word found by its number rather than by its place in a long line."""
+    words = entry["metadata"]["words"]
+    if ", ".join(reversed(words)) != entry["answer"]:
+        return ()
+    return tuple(f"{i} {w}" for i, w in enumerate(words, 1))
+
+
 def _letter_counting_trace(entry: dict) -> tuple[str, ...]:
     """One count per word, case-insensitive as the package counts."""
     words, letter = entry["metadata"]["span"], entry["metadata"]["target_letter"].lower()
@@ -218,6 +227,7 @@ GYM_TRACES: dict[str, Callable[[dict], tuple[str, ...]]] = {
     "basic_arithmetic": _arithmetic_trace,
     "chain_sum": _arithmetic_trace,
     "spell_backward": _spell_backward_trace,
+    "word_sequence_reversal": _word_sequence_reversal_trace,
     "letter_counting": _letter_counting_trace,
     "count_bits": _count_bits_trace,
     "simple_equations": _simple_equation_trace,

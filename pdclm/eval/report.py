@@ -239,7 +239,8 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                 else f"after update {kept['update']} of {pr['updates']}",
                 "dev accuracy by update: "
                 + ", ".join(f"{r['update']}: {r['accuracy']:.2f}" for r in pr["history"])
-                + f" ({pr['items']} questions; a tie keeps the earlier model)",
+                + f" ({pr['items']} questions; a window replaces the kept model only if it"
+                " beats it beyond chance)",
             )
         )
     rob = p3.get("robustness")

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from pdclm.cognition.ccm import Budget, Solution, agreement, check, solve, source_reliance
 from pdclm.cognition.selfplay import peer_context
 from pdclm.config import TasksConfig
+from pdclm.data.episodes import Episode, weighted_symbols
 from pdclm.data.tasks import (
     DEV_SEED,
     Item,
@@ -28,7 +30,8 @@ from pdclm.data.tasks import (
     make_source,
 )
 from pdclm.eval.stats import proportion, wilson_interval
-from pdclm.model.pdclm import PDCLM
+from pdclm.model.pdclm import LN2, PDCLM
+from pdclm.vocab import EOS
 
 
 def held_out_sets(cfg: TasksConfig) -> dict[str, list[Item]]:
@@ -77,6 +80,26 @@ def run_items(
             generator=generator,
             batch=batch,
         )
+
+
+@torch.no_grad()
+def gold_bits(model: PDCLM, items: Sequence[Item], bf16: bool, batch: int = 32) -> list[float]:
+    """Per item, the bits per symbol the model spends on its gold thinking and answer, read
+    teacher-forced after the question: a continuous measure of how well a task is learned,
+    far less noisy than greedy accuracy on a few questions (a curriculum's progress signal)."""
+    model.eval()
+    rows = [weighted_symbols(Episode(it.question, it.steps, it.answer), 0.0) for it in items]
+    out: list[float] = []
+    for i in range(0, len(rows), batch):
+        part = rows[i : i + batch]
+        width = max(len(s) for s, _ in part)  # one item per row, padded after its end
+        t = torch.tensor([s + [EOS] * (width - len(s)) for s, _ in part])
+        w = torch.tensor([ws[1:] + [0.0] * (width - len(ws)) for _, ws in part])
+        with generation_context(bf16):
+            logits = model(t)
+        ce = F.cross_entropy(logits.float().transpose(1, 2), t[:, 1:], reduction="none")
+        out += ((ce * w).sum(1) / w.sum(1).clamp(min=1) / LN2).tolist()
+    return out
 
 
 def flag_stats(flagged: Sequence[bool], wrong: Sequence[bool]) -> dict[str, float | int]:

@@ -55,6 +55,7 @@ from pdclm.eval.tasks import (
     eval_budget,
     evaluate_tasks,
     generation_context,
+    gold_bits,
     held_out_sets,
     plot_accuracy_vs_steps,
     plot_budget_sweep,
@@ -144,7 +145,8 @@ class RoundData:
     def build(self, r: int, model: PDCLM, progress: bool) -> dict[str, Any]:
         """Probe, self-play and sample the round's episodes; save them; return the round's meta."""
         cfg, cg = self.cfg, self.cfg.cognitive
-        if r and (prev := self.meta(r - 1)) is not None:
+        prev = self.meta(r - 1) if r else None
+        if prev is not None:
             self.curriculum.load(prev["curriculum"])
         gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + r)
         budget = eval_budget(cfg.tasks)
@@ -152,7 +154,7 @@ class RoundData:
         model.eval()
         with generation_context(cfg.train.bf16):
             levels = dict(self.curriculum.level)  # what the probe asks at (it may move them)
-            probe = self.probe(model)
+            probe, bits = self.probe(model)
             proposals, proposer_stats = (
                 propose_and_solve(
                     model,
@@ -175,7 +177,8 @@ class RoundData:
                 if talk_items
                 else ([], {})
             )
-        curriculum_items = self.sample_items(cg.episodes_per_round, rng, seed + 29)
+        weights = self.task_weights(probe, bits, levels, prev)
+        curriculum_items = self.sample_items(cg.episodes_per_round, rng, seed + 29, weights)
         episodes = [
             Verified(
                 Episode(it.question, it.steps, it.answer),
@@ -201,8 +204,9 @@ class RoundData:
             "probe_levels": levels,
             "probe_success": probe,
             "probe_mean": sum(probe.values()) / len(probe) if probe else None,
+            "probe_bits": bits,
             "levels": dict(self.curriculum.level),
-            "weights": self.curriculum.weights(),
+            "weights": weights,
             "episodes": {
                 k: sum(v.kind == k for v in episodes)
                 for k in ("curriculum", "proposal", "gold", "dialogue")
@@ -226,8 +230,10 @@ class RoundData:
             )
         return meta
 
-    def probe(self, model: PDCLM) -> dict[str, float]:
-        """Solve each task's development questions at its level; feed the curriculum."""
+    def probe(self, model: PDCLM) -> tuple[dict[str, float], dict[str, float]]:
+        """Solve each task's development questions at its level (feeding the curriculum's
+        levels): per task, greedy success and, for the ``progress`` mix, the bits per symbol
+        of the gold thinking and answer read teacher-forced (else none)."""
         cfg = self.cfg
         items = [
             it
@@ -235,20 +241,64 @@ class RoundData:
             for it in self.dev[name].get(self.curriculum.level[name], [])
         ]
         sols = run_items(model, items, eval_budget(cfg.tasks), cfg.tasks.batch, cfg.train.bf16)
+        reads = cfg.cognitive.mix == "progress"  # ~3 s a probe on 2 cores: only when used
+        bits = gold_bits(model, items, cfg.train.bf16, cfg.tasks.batch) if reads else []
         success: dict[str, list[float]] = {n: [] for n in cfg.tasks.names}
+        gold: dict[str, list[float]] = {n: [] for n in cfg.tasks.names}
+        for it, b in zip(items, bits, strict=False):
+            gold[it.source].append(b)
         for it, sol in zip(items, sols, strict=True):
             ok = make_source(it.source).score(it, sol.answer) >= 1.0
             self.curriculum.record(it.source, ok)
             success[it.source].append(float(ok))
-        return {n: sum(v) / len(v) for n, v in success.items() if v}
+        mean = {n: sum(v) / len(v) for n, v in success.items() if v}
+        return mean, {n: sum(v) / len(v) for n, v in gold.items() if v}
 
-    def sample_items(self, n: int, rng: random.Random, seed: int) -> list[Item]:
-        """``n`` training items: tasks by curriculum weight; half at a task's level, half at a
-        level drawn from 1..level (so easier levels are not forgotten); a share of them with a
-        number hidden, so the model learns to say a question cannot be answered."""
+    def task_weights(
+        self,
+        success: dict[str, float],
+        bits: dict[str, float],
+        levels: dict[str, int],
+        prev: dict[str, Any] | None,
+    ) -> dict[str, float]:
+        """How the round's gold-trace episodes are spread over tasks (``cognitive.mix``).
+
+        ``progress``: to each task in proportion to what it has left to learn (1 - greedy
+        success) times how fast it is learning (the relative fall of its gold bits since the
+        last probe at the same level, over the largest fall of any task; unknown counts as
+        the largest, so round 0 is uniform): budget goes where accuracy is rising, away from
+        tasks already solved and from tasks that do not move. ``gap``: 1 - success alone.
+        ``variance``: success p -> p(1 - p), the weighting that finds RL signal. Every task
+        keeps at least ``floor`` of the largest weight, so none is forgotten."""
+        mix, floor = self.cfg.cognitive.mix, 0.1
+        if mix == "variance":
+            return self.curriculum.weights()
+        names = list(self.cfg.tasks.names)
+        gap = {n: 1.0 - success.get(n, 0.0) for n in names}
+        rate = dict.fromkeys(names, 1.0)
+        if mix == "progress" and prev is not None:
+            before, was = prev.get("probe_bits", {}), prev.get("probe_levels", {})
+            fall = {
+                n: max(0.0, 1.0 - bits[n] / before[n])
+                for n in names
+                if n in bits and before.get(n) and was.get(n) == levels.get(n)
+            }
+            top = max(fall.values(), default=0.0)
+            rate = {n: fall[n] / top if n in fall and top > 0 else 1.0 for n in names}
+        w = {n: gap[n] * rate[n] for n in names}
+        top = max(w.values(), default=0.0) or 1.0
+        return {n: max(floor, v / top) for n, v in w.items()}
+
+    def sample_items(
+        self, n: int, rng: random.Random, seed: int, weights: dict[str, float] | None = None
+    ) -> list[Item]:
+        """``n`` training items: tasks by ``weights`` (else the curriculum's); half at a
+        task's level, half at a level drawn from 1..level (so easier levels are not
+        forgotten); a share of them with a number hidden, so the model learns to say a
+        question cannot be answered."""
         if n <= 0:
             return []
-        w = self.curriculum.weights()
+        w = weights or self.curriculum.weights()
         names = rng.choices(list(w), weights=list(w.values()), k=n)
         wanted: dict[tuple[str, int], int] = {}
         for i, name in enumerate(names):

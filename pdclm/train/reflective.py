@@ -74,6 +74,7 @@ from pdclm.eval.reflection import (
     robustness,
     unanswerable_check,
 )
+from pdclm.eval.stats import binom_sf
 from pdclm.eval.tasks import (
     correct,
     dev_sets,
@@ -124,33 +125,38 @@ def probe_windows(rl: RLConfig) -> list[int]:
     return sorted({*range(rl.probe_every, rl.steps, rl.probe_every), rl.steps})
 
 
-def dev_accuracy(policy: PDCLM, dev: dict[str, list[Item]], cfg: Config) -> dict[str, float]:
-    """Greedy accuracy per task on the development questions, with the evaluation's budget.
-    Generation is gathered across ranks, and rank 0's figures are broadcast, so every rank
-    takes the same keep-or-not decision."""
+def dev_results(policy: PDCLM, dev: dict[str, list[Item]], cfg: Config) -> dict[str, list[bool]]:
+    """Per task, which development questions the policy answers right (greedy, with the
+    evaluation's budget). Generation is gathered across ranks, and rank 0's verdicts are
+    broadcast, so every rank takes the same keep-or-not decision."""
     solved = solve_sets(policy, dev, eval_budget(cfg.tasks), cfg.tasks.batch, cfg.train.bf16)
-    acc = {
-        name: sum(correct(make_source(name), items, solved[name])) / len(items)
+    right = {
+        name: correct(make_source(name), items, solved[name])
         for name, items in dev.items()
         if items
     }
-    return dist.broadcast(acc)
+    return dist.broadcast(right)
 
 
 class BestByDev:
     """The probe's history and the best model so far, on disk in ``folder``: the weights of
     the best model as ``update_<n>.safetensors`` (n: the policy updates before it, five
     digits), then ``probe.json`` (every probe and which file is the best), each written
-    atomically by rank 0. A kill between the two leaves
-    the previous ``probe.json``, which names the previous file; the resumed run probes that
-    window again (greedy decoding: the same score) and writes both again. A model replaces
-    the best only by scoring strictly higher: a tie keeps the earlier (cheaper) one, and the
-    Phase 2 model (update 0) is a candidate like any window."""
+    atomically by rank 0. A kill between the two leaves the previous ``probe.json``, which
+    names the previous file; the resumed run probes that window again (greedy decoding: the
+    same verdicts) and writes both again.
+
+    A model replaces the best only when it answers more questions right *and* a one-sided
+    exact McNemar test on the questions the two answer differently puts its gain beyond
+    ``alpha``: a few RL updates move accuracy on a hundred questions by a few items either
+    way, and keeping such a window on noise lowered the final accuracy. So a tie, or a gain
+    the probe cannot tell from chance, keeps the earlier model, and the Phase 2 model
+    (update 0) is kept unless a window measurably beats it."""
 
     FILE = "probe.json"
 
-    def __init__(self, folder: Path, dev: dict[str, list[Item]]) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, dev: dict[str, list[Item]], alpha: float) -> None:
+        self.folder, self.alpha = folder, alpha
         self.per_task = max((len(v) for v in dev.values()), default=0)
         self.items = sum(len(v) for v in dev.values())
         path = folder / self.FILE
@@ -165,15 +171,21 @@ class BestByDev:
         return any(r["update"] == update for r in self.history)
 
     def record(
-        self, update: int, step: int, tasks: dict[str, float], model: PDCLM, seconds: float
+        self, update: int, step: int, right: dict[str, list[bool]], model: PDCLM, seconds: float
     ) -> bool:
         """Log the probe of the model after ``update`` policy updates (optimizer step
-        ``step``; the probe took ``seconds``); keep its weights if it beats the best so far.
-        True when it does."""
-        acc = sum(tasks.values()) / len(tasks) if tasks else 0.0
+        ``step``; ``right``: per task, which questions it answered right; the probe took
+        ``seconds``); keep its weights if it measurably beats the best so far. True when it
+        does."""
+        tasks = {n: sum(v) / len(v) for n, v in right.items() if v}
+        flags = [int(x) for v in right.values() for x in v]
+        acc = sum(flags) / len(flags) if flags else 0.0
         row = {"update": update, "step": step, "accuracy": acc, "items": self.items}
-        row |= {"tasks": tasks, "seconds": round(seconds, 2)}
-        better = self.best is None or acc > self.best["accuracy"]
+        row |= {"tasks": tasks, "right": flags, "seconds": round(seconds, 2)}
+        row["p_vs_best"] = self.p_better(flags)
+        better = self.best is None or (
+            acc > self.best["accuracy"] and row["p_vs_best"] <= self.alpha
+        )
         self.history.append(row)
         if better:
             self.best = {k: row[k] for k in ("update", "step", "accuracy")}
@@ -192,6 +204,18 @@ class BestByDev:
         main_writes(write)
         return better
 
+    def p_better(self, flags: list[int]) -> float:
+        """One-sided exact McNemar p-value that a model answering ``flags`` beats the best
+        so far on the same questions (1.0 when there is no best to beat)."""
+        kept = next(
+            (r for r in self.history if self.best and r["update"] == self.best["update"]), None
+        )
+        if kept is None or len(kept.get("right", [])) != len(flags):
+            return 1.0
+        gained = sum(a and not b for a, b in zip(flags, kept["right"], strict=True))
+        lost = sum(b and not a for a, b in zip(flags, kept["right"], strict=True))
+        return binom_sf(gained, gained + lost, 0.5) if gained + lost else 1.0
+
     def restore(self, model: PDCLM) -> None:
         """Load the best model's weights into ``model``."""
         if self.best is not None:
@@ -202,25 +226,35 @@ class BestByDev:
         start = next((r for r in self.history if r["update"] == 0), None)
         best = self.best or {}
         n = f"{self.items} development questions"
+        windows = [r for r in self.history if r["update"]]
+        top = max(windows, key=lambda r: r["accuracy"], default=None)
         if not best.get("update"):
             why = (
-                f"no window beat the Phase 2 model's {start['accuracy']:.3f} on {n}: Phase 3 "
-                "returns the Phase 2 model"
+                f"no window beat the Phase 2 model's {start['accuracy']:.3f} on {n} beyond "
+                f"chance (one-sided McNemar p <= {self.alpha}"
+                + (
+                    f"; the best window, update {top['update']}, scored {top['accuracy']:.3f}"
+                    f" at p = {top.get('p_vs_best', 1.0):.2f}"
+                    if top
+                    else ""
+                )
+                + "): Phase 3 returns the Phase 2 model"
                 if start
                 else "no probe ran"
             )
         else:
-            others = [r["accuracy"] for r in self.history if r["update"] != best["update"]]
+            kept = next(r for r in self.history if r["update"] == best["update"])
             why = (
-                f"update {best['update']} scored {best['accuracy']:.3f} on {n}, above the Phase 2 "
-                f"model's {start['accuracy'] if start else float('nan'):.3f} and every other "
-                f"window's (best other {max(others, default=float('nan')):.3f}); ties keep "
-                "the earlier model"
+                f"update {best['update']} scored {best['accuracy']:.3f} on {n}, above the "
+                f"model it replaced at one-sided McNemar p = {kept.get('p_vs_best', 0):.3f} "
+                f"<= {self.alpha} (the Phase 2 model scored "
+                f"{start['accuracy'] if start else float('nan'):.3f})"
             )
         return {
             "items_per_task": self.per_task,
             "items": self.items,
             "every": rl.probe_every,
+            "alpha": self.alpha,
             "updates": rl.steps,
             "history": self.history,
             "seconds": round(sum(r["seconds"] for r in self.history), 1),
@@ -577,7 +611,7 @@ class Reflective:
             postfix=("loss", "correctness", "thinking_bytes", "kl"),
         )
         data.sync = trainer.return_weights
-        best = BestByDev(folder / "best", dev)
+        best = BestByDev(folder / "best", dev, rl.probe_alpha)
         result = self.train(ctx, trainer, policy, dev, best, data)
         policy.eval().cpu()
         best.restore(policy)  # the best model by the probe, the Phase 2 one included
@@ -617,8 +651,8 @@ class Reflective:
             if not dev or best.done(update):
                 return
             t0 = time.perf_counter()
-            tasks = dev_accuracy(policy, dev, cfg)
-            kept = best.record(update, update * rl.updates, tasks, policy, time.perf_counter() - t0)
+            right = dev_results(policy, dev, cfg)
+            kept = best.record(update, update * rl.updates, right, policy, time.perf_counter() - t0)
             if ctx.progress:
                 row = best.history[-1]
                 tqdm.write(
