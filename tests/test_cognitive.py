@@ -385,3 +385,33 @@ def test_gold_bits_read_each_item_alone(corpus, tmp_path):
         loss, _ = weighted_lm_loss(model, (torch.tensor([symbols]), torch.tensor([weights[1:]])))
     assert together[1] == pytest.approx(float(loss) / LN2, rel=1e-4)
     assert len(set(together)) == 3 and all(0 < b < 20 for b in together)
+
+
+def test_phase2_keeps_its_text_share_over_steps_at_any_batch(corpus, tmp_path):
+    """2 rows at ``text_share`` 0.15: 0.3 text rows a batch, so 30 of the first 100 batches
+    carry one (numbered 0..29 across the phase), none carries two, every batch is 2 rows,
+    and a batch is the same when built again (a resumed run)."""
+    import pdclm.train.cognitive as cognitive
+    from pdclm.data.ingest import prepare
+    from pdclm.data.shards import ShardSet
+    from pdclm.eval.tasks import held_out_sets
+
+    cfg = load_preset("tiny")
+    cfg.data.sources, cfg.data.dir = [str(corpus)], str(tmp_path / "data")
+    cfg.cognitive.batch, cfg.cognitive.text_share, cfg.cognitive.seq_len = 2, 0.15, 128
+    prepare(cfg.data, progress=False)
+    text = ShardSet.open(cfg.data.dir, "train")
+    data = cognitive.RoundData(cfg, tmp_path / "rounds", held_out_sets(cfg.tasks), text)
+    rows = [data.text_rows(i) for i in range(100)]
+    assert [k for r in rows for k in r] == list(range(30)) and max(map(len, rows)) == 1
+    episodes = [{"question": "Compute 2 + 3.", "steps": ["2 + 3 = 5"], "answer": "5"}]
+    data.folder.mkdir(parents=True)
+    rec = {"kind": "curriculum", "task": "arithmetic", "question_weight": 0.1}
+    data.paths(0)[0].write_text("\n".join(json.dumps(e | rec) for e in episodes))
+    with_text = next(i for i, r in enumerate(rows) if r)
+    t, w = data.batch(with_text)
+    assert t.shape == (2, 129) and bool((w[1] == 1).all())  # the text row: every byte counts
+    assert torch.equal(t, data.batch(with_text)[0])
+    assert not data.text_rows(next(i for i, r in enumerate(rows) if not r))
+    cfg.cognitive.text_share = 0.9  # 1.8 a batch: capped so one row stays episodes
+    assert all(len(data.text_rows(i)) <= 1 for i in range(50))

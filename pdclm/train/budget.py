@@ -28,6 +28,9 @@ from pdclm.train.objectives import lm_loss
 
 PROBE_STEPS = 9
 """Training steps the probe times (the first two warm the kernels up and are not counted)."""
+PROBE_SYMBOLS = 8192
+"""Symbols per probe step at least: a step of a few rows lasts ~0.1 s on 2 cores and its time
+swings by a third between processes; a step of 8k symbols is steady to a few percent."""
 MIN_SCALE = 0.1
 """Below this the phases would not learn anything: the run then overshoots its budget."""
 
@@ -40,9 +43,10 @@ STEP_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 def probe_step_seconds(cfg: Config) -> float:
-    """Seconds per Phase 1 training step of ``cfg``'s model on this machine: the median of a
-    few timed steps (after two that warm the kernels up) on random bytes with a stored (zero)
-    profile, patched at a fixed stride of the target mean patch length (the patch count sets
+    """Seconds per Phase 1 training step of ``cfg``'s model on this machine, at
+    ``train.batch`` rows or enough for ``PROBE_SYMBOLS`` symbols, whichever is more: the median
+    of a few timed steps (after two that warm the kernels up) on random bytes with a stored
+    (zero) profile, patched at a fixed stride of the target mean patch length (the patch count sets
     the latent's cost; the entropy model is not trained yet)."""
     pse = dataclasses.replace(
         cfg.pse,
@@ -53,7 +57,8 @@ def probe_step_seconds(cfg: Config) -> float:
     with torch.random.fork_rng():
         torch.manual_seed(cfg.train.seed)
         model = PDCLM(pse, cfg.model).to(resolve_device(cfg.train.device))
-        tokens = torch.randint(0, 256, (cfg.train.batch, cfg.train.seq_len + 1))
+        rows = max(cfg.train.batch, -(-PROBE_SYMBOLS // cfg.train.seq_len))
+        tokens = torch.randint(0, 256, (rows, cfg.train.seq_len + 1))
     batch = (tokens.to(model.head.weight.device), torch.zeros(tokens.shape, device=tokens.device))
     opt = make_optimizer(model, cfg.train)
     times = []

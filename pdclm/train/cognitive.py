@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import shutil
 import time
@@ -116,9 +117,8 @@ class RoundData:
             for it in items
         } | {it.question for it in self.dev_items()}  # Phase 3's probe: never trained on either
         cg = cfg.cognitive
-        self.n_text = round(cg.batch * cg.text_share)
-        self.text = (
-            BatchSampler(text, cg.seq_len, self.n_text, cfg.train.seed) if self.n_text else None
+        self.text = (  # one row per draw: text row k of the phase is draw k
+            BatchSampler(text, cg.seq_len, 1, cfg.train.seed) if cg.text_share > 0 else None
         )
         self.bounds = round_bounds(cfg)
         self.own = [n for n in cfg.tasks.names if n in GENERATORS]
@@ -327,6 +327,18 @@ class RoundData:
             }
         return self._pools[r]
 
+    def text_rows(self, i: int) -> range:
+        """The phase-wide numbers of micro-batch ``i``'s raw-text rows: the batches up to
+        ``i`` hold ``floor(i * batch * text_share)`` of them, so the share holds over steps at
+        any batch size (2 rows at 0.15: one text row every 3-4 batches); at least one row of
+        every batch is episodes."""
+        cg = self.cfg.cognitive
+        if self.text is None:
+            return range(0)
+        per = cg.batch * cg.text_share
+        first, end = math.floor(i * per), math.floor((i + 1) * per)
+        return range(first, min(end, first + cg.batch - 1))
+
     def batch(self, i: int, keep: slice = slice(None)) -> tuple[Tensor, Tensor]:
         """Rows ``keep`` of micro-batch ``i``: packed episode rows of step i's round, then
         raw-text rows (every rank packs the whole batch, which is cheap, and keeps its rows)."""
@@ -335,13 +347,14 @@ class RoundData:
         r = next(k for k, end in enumerate(self.bounds) if step < end)
         pool = self.pool(r)
         rng = random.Random(f"{cfg.train.seed}:{i}")
-        rows = cg.batch - self.n_text
+        text_rows = self.text_rows(i)
+        rows = cg.batch - len(text_rows)
         mean_len = sum(len(s) for s, _ in pool[:256]) / min(256, len(pool))
         draw = [pool[j] for j in rng.choices(range(len(pool)), k=int(rows * cg.seq_len / mean_len))]
         tokens, weights = pack(draw, rows, cg.seq_len)
         t, w = torch.tensor(tokens), torch.tensor(weights)
-        if self.text is not None:
-            text = torch.from_numpy(self.text.batch(i)[0]).long()
+        if text_rows:
+            text = torch.cat([torch.from_numpy(self.text.batch(k)[0]) for k in text_rows]).long()
             t = torch.cat([t, text])
             w = torch.cat([w, (text[:, 1:] < 256).float()])
         return t[keep], w[keep]
