@@ -51,6 +51,9 @@ def test_exact_mcnemar_is_the_two_sided_binomial_on_discordant_pairs():
     assert stats.mcnemar_exact(8, 1) == pytest.approx(20 / 512)
     assert stats.mcnemar_exact(1, 8) == stats.mcnemar_exact(8, 1)
     assert stats.mcnemar_exact(5, 0) == pytest.approx(2 / 32)  # 5-0 is not yet significant
+    assert stats.mcnemar_one_sided(6, 1) == pytest.approx(8 / 128)  # P(X >= 6 | 7, 1/2)
+    assert stats.mcnemar_one_sided(1, 6) == pytest.approx(127 / 128)  # the other way
+    assert stats.mcnemar_one_sided(0, 0) == 1.0
     assert stats.mcnemar_exact(6, 0) == pytest.approx(2 / 64)  # 6-0 is
     assert stats.mcnemar_exact(4, 4) == 1.0 and stats.mcnemar_exact(0, 0) == 1.0
 

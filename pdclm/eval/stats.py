@@ -102,6 +102,12 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * binom_cdf(min(b, c), d, 0.5))
 
 
+def mcnemar_one_sided(b: int, c: int) -> float:
+    """Exact one-sided McNemar (sign) test that the first condition is better: the chance of
+    ``b`` or more of the ``b + c`` discordant items going its way if neither is better."""
+    return binom_sf(b, b + c, 0.5) if b + c else 1.0
+
+
 def _finite(x: float) -> float | None:
     """JSON has no infinity: an unbounded end of an interval is written ``None``."""
     return x if math.isfinite(x) else None

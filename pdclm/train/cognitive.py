@@ -245,7 +245,7 @@ class RoundData:
         bits = gold_bits(model, items, cfg.train.bf16, cfg.tasks.batch) if reads else []
         success: dict[str, list[float]] = {n: [] for n in cfg.tasks.names}
         gold: dict[str, list[float]] = {n: [] for n in cfg.tasks.names}
-        for it, b in zip(items, bits, strict=False):
+        for it, b in zip(items, bits, strict=True) if bits else ():
             gold[it.source].append(b)
         for it, sol in zip(items, sols, strict=True):
             ok = make_source(it.source).score(it, sol.answer) >= 1.0

@@ -74,7 +74,7 @@ from pdclm.eval.reflection import (
     robustness,
     unanswerable_check,
 )
-from pdclm.eval.stats import binom_sf
+from pdclm.eval.stats import mcnemar_one_sided, paired_from_flags
 from pdclm.eval.tasks import (
     correct,
     dev_sets,
@@ -212,9 +212,8 @@ class BestByDev:
         )
         if kept is None or len(kept.get("right", [])) != len(flags):
             return 1.0
-        gained = sum(a and not b for a, b in zip(flags, kept["right"], strict=True))
-        lost = sum(b and not a for a, b in zip(flags, kept["right"], strict=True))
-        return binom_sf(gained, gained + lost, 0.5) if gained + lost else 1.0
+        pairs = paired_from_flags([bool(x) for x in flags], [bool(x) for x in kept["right"]])
+        return mcnemar_one_sided(pairs["only_a"], pairs["only_b"])
 
     def restore(self, model: PDCLM) -> None:
         """Load the best model's weights into ``model``."""
