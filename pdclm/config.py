@@ -471,7 +471,9 @@ class RLConfig:
     unanswerable_share: float = 0.1
     """Share of prompts that cannot be answered from what they give (saying so is rewarded)."""
     robustness_items: int = 32
-    """Held-out questions per task in the perturbed-wording robustness check."""
+    """Held-out questions per task in the perturbed-wording robustness check (at most the
+    evaluation's ``tasks.eval_items``), on the tasks the kept model answers above their constant
+    on development questions (every task when none is)."""
     probe_items: int = 16
     """Development questions per task (disjoint from the evaluation's, never trained on) whose
     greedy accuracy picks the model Phase 3 keeps: the Phase 2 model or the policy after one of

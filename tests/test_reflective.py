@@ -26,7 +26,16 @@ from pdclm.cognition.rewards import (
 from pdclm.config import RewardsConfig, load_preset
 from pdclm.data.episodes import Episode, format_episode, prompt
 from pdclm.data.generators import GENERATORS
-from pdclm.data.tasks import UNANSWERABLE, Item, make_source, training_items, unanswerable, verify
+from pdclm.data.tasks import (
+    UNANSWERABLE,
+    Item,
+    constant_baseline,
+    make_source,
+    training_items,
+    unanswerable,
+    verify,
+)
+from pdclm.eval.reflection import robustness_tasks
 from pdclm.eval.robustness import perturb, template_words
 from pdclm.model.io import save_model
 from pdclm.model.pdclm import PDCLM
@@ -412,3 +421,17 @@ def test_phase3_keeps_a_window_only_when_its_gain_is_beyond_chance(tmp_path):
     assert summary["kept"]["update"] == 4 and "p = 0.062 <= 0.1" in summary["why"]
     again = reflective.BestByDev(tmp_path, {"t": [None] * 40}, alpha=0.1)  # a resumed run
     assert again.best == best.best and again.history == best.history
+    assert again.kept_tasks() == {"t": 15 / 40}  # update 4's development accuracy
+
+
+def test_robustness_is_measured_on_the_tasks_above_their_constant_on_development_questions():
+    """The choice reads development accuracy against each task's best constant answer: a task
+    below it, or at it, is left out; with none above, every task is measured."""
+    sets = {n: make_source(n).sample(3, 1, 40) for n in ("basic_arithmetic", "spell_backward")}
+    const = {n: constant_baseline(make_source(n), v)[1] for n, v in sets.items()}
+    assert 0 < const["basic_arithmetic"] < 0.5  # the constant is not zero: "at it" is a case
+    above = {"basic_arithmetic": const["basic_arithmetic"] + 0.1, "spell_backward": 0.0}
+    assert robustness_tasks(above, sets) == ["basic_arithmetic"]
+    at = {"basic_arithmetic": const["basic_arithmetic"], "spell_backward": 0.0}
+    assert robustness_tasks(at, sets) == list(sets)
+    assert robustness_tasks({}, sets) == list(sets)  # no probe ran

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from pdclm.bench.baselines import BPETokenizer, TokenTransformer
-from pdclm.bench.common import LABELS, pyplot, stamp
+from pdclm.bench.common import LABELS, pyplot, stamp, steps_for_budget
 from pdclm.bench.generate import load_arms
 from pdclm.bench.pretrain import bench_pretrain
 from pdclm.config import BENCH_ARMS, Config, ConfigError
@@ -53,7 +53,6 @@ ARMS = ("pdclm", "byte", "bpe")
 """The models compared: PD-CLM and the two baselines of ``bench pretrain``."""
 STOP = frozenset({NEWLINE, *range(256, VOCAB_SIZE)})
 """Byte-level generation ends at a newline or a control symbol."""
-PROBE_STEPS = 6
 """Steps of the timing probe that sizes each model's schedule to the budget."""
 EXAMPLES = 3
 """Answers kept per task and model in the JSON, to read what a model writes."""
@@ -112,20 +111,7 @@ def finetune(name: str, model: nn.Module, enc: Encoding, cfg: Config, work: Path
     cosine schedule sized to the budget from a timing probe (whose steps are undone)."""
     seconds = cfg.bench.chars_seconds
     sample = batch_sampler(cfg, enc)
-    init = {k: v.clone() for k, v in model.state_dict().items()}
-    probe = Trainer(
-        f"chars-{name}-probe",
-        model,
-        for_steps(cfg.train, PROBE_STEPS, warmup=0),
-        work,
-        sample,
-        weighted_lm_loss,
-        checkpoints=False,
-        progress=False,
-    )
-    step_time = probe.fit(resume=False)["seconds_per_step_steady"]
-    model.load_state_dict(init)
-    steps = max(10, int(seconds / step_time))
+    steps = steps_for_budget(f"chars-{name}", model, cfg, work, sample, weighted_lm_loss, seconds)
     trainer = Trainer(
         f"chars-{name}",
         model,

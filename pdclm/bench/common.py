@@ -18,6 +18,8 @@ import torch
 from pdclm.config import Config
 from pdclm.eval import claims
 from pdclm.io import write_json_atomic
+from pdclm.train.loop import Trainer
+from pdclm.train.phase import for_steps
 
 LABELS = {
     "pdclm": "PD-CLM",
@@ -92,3 +94,37 @@ def publish(out_dir: Path, which: list[str], preset: str, to: str | None) -> dic
         (Path(to) / f"claims_{preset}.md").write_text(text)
     print(text)
     return collected
+
+
+PROBE_STEPS = 20
+"""Steps of the timing that sizes a bench arm's schedule to its budget: a 5-step timing was
+off by up to 35 % either way, so one arm stopped early and another was cut by the budget
+before its learning rate had decayed."""
+
+
+def steps_for_budget(
+    name: str,
+    model: torch.nn.Module,
+    cfg: Config,
+    work: Path,
+    sample: Callable,
+    loss_fn: Callable,
+    seconds: float,
+) -> int:
+    """Steps of ``model`` that fit ``seconds``, from the median of :data:`PROBE_STEPS` timed
+    steps. The probe's updates are undone: the arm trains from the weights it
+    was given."""
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    probe = Trainer(
+        f"{name}-probe",
+        model,
+        for_steps(cfg.train, PROBE_STEPS, warmup=0),
+        work,
+        sample,
+        loss_fn,
+        checkpoints=False,
+        progress=False,
+    )
+    step_time = probe.fit(resume=False)["seconds_per_step_steady"]
+    model.load_state_dict(init)
+    return max(10, int(seconds / step_time))

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pdclm.bench.common import run_spawned, stamp
+from pdclm.bench.common import run_spawned, stamp, steps_for_budget
 from pdclm.config import Config, load_preset, resolve
 from pdclm.data.ingest import read_manifest, stdlib_sources
 from pdclm.data.shards import BatchSampler, ShardSet
@@ -69,8 +69,6 @@ RECALL_LENGTHS = (1, 4, 16)
 KIND_SHARES = (0.4, 0.3, 0.3)
 """Training rows: passkey, associative recall, corpus text."""
 RECALL_PAIRS = 8
-PROBE_STEPS = 20
-"""Steps timed to size a variant's schedule to the wall-clock budget."""
 EQUAL_FLOPS = "none_equal_flops"
 """No memory, trained for the full HMR's training FLOPs (the others: for its seconds)."""
 
@@ -193,26 +191,10 @@ def _run_variant(name: str, cfg: Config, out_dir: str, steps: int, queue) -> Non
     log = MetricsLog(run, tensorboard=False)
     seconds = cfg.bench.memory_seconds if not steps else None
     if not steps:
-        # size the schedule to the budget from a timing, then train from the same weights; 20
-        # steps: a 5-step timing was off by up to 35% either way, so one variant stopped early
-        # and another was cut by the budget before its learning rate had decayed
-        init_state = {k: v.clone() for k, v in model.state_dict().items()}
-        probe_cfg = for_steps(cfg.train, PROBE_STEPS, warmup=0)
-        probe = Trainer(
-            f"{name}-probe",
-            model,
-            probe_cfg,
-            run,
-            lambda i, rows: task_batch(i, cfg, text),
-            weighted_lm_loss,
-            checkpoints=False,
-            progress=False,
-        )
-        step_time = probe.fit(resume=False)["seconds_per_step_steady"]
-        model.load_state_dict(init_state)
+        sample = lambda i, rows: task_batch(i, cfg, text)
+        steps = steps_for_budget(name, model, cfg, run, sample, weighted_lm_loss, seconds)
         if model.memory is not None:
             model.memory.carried_slots = None  # the probe's: every variant starts fresh
-        steps = max(10, int(seconds / step_time))
     warmup, ramp = int(cfg.bench.memory_warmup * steps), int(cfg.bench.memory_ramp * steps)
     sample = lambda i, rows: task_batch(i, cfg, text, warmup, ramp)
     tcfg = for_steps(cfg.train, steps, log_every=10)

@@ -49,7 +49,7 @@ from pdclm.bench.baselines import (
     save_baseline,
     train_bpe,
 )
-from pdclm.bench.common import LABELS, pyplot, run_spawned, stamp
+from pdclm.bench.common import LABELS, pyplot, run_spawned, stamp, steps_for_budget
 from pdclm.config import BENCH_ARMS, Config, ConfigError, to_dict
 from pdclm.data.shards import BatchSampler, ShardSet, profile_dir
 from pdclm.eval.claims import CLAIMS, row, threshold_verdict
@@ -249,22 +249,10 @@ def train_arm(
     model, device = arm.model, resolve_device(cfg.train.device)
     model.to(device)
     work = (work or out_dir / "work") / name
-    # size the cosine schedule to the budget from a short timing of a few steps
-    init_state = {k: v.clone() for k, v in model.state_dict().items()}
-    probe = Trainer(
-        f"{name}-probe",
-        model,
-        for_steps(cfg.train, 6, warmup=0),
-        work,
-        arm.sample,
-        arm.loss_fn,
-        checkpoints=False,
-        progress=False,
-    )
-    step_time = probe.fit(resume=False)["seconds_per_step_steady"]
-    model.load_state_dict(init_state)  # train from the weights the probe started at
-    # 7 validations of eval_batches forward passes (~1/3 of a training step each) share the budget
-    steps = max(10, int(seconds / step_time - 7 * cfg.train.eval_batches / 3))
+    # size the cosine schedule to the budget; 7 validations of eval_batches forward passes
+    # (~1/3 of a training step each) share it
+    fit = steps_for_budget(name, model, cfg, work, arm.sample, arm.loss_fn, seconds)
+    steps = max(10, fit - int(7 * cfg.train.eval_batches / 3))
     tcfg = for_steps(cfg.train, steps, evals=6)
     trainer = Trainer(
         name,

@@ -93,6 +93,7 @@ def robustness_test(robustness: dict[str, Any]) -> dict[str, Any]:
         discordance = None
     t["needed_items"] = paired_items_needed(t["b"]["accuracy"], TARGET_GAIN, discordance)
     t["items"], t["items_per_task"] = n, robustness.get("items_per_task")
+    t["tasks"] = robustness.get("tasks")
     return t
 
 
@@ -155,6 +156,11 @@ def robustness_row(robustness: dict[str, Any], source: str) -> dict[str, Any]:
     t = robustness_test(robustness)
     verdict, why = robustness_verdict(t)
     per_task = f" ({t['items_per_task']} per task)" if t.get("items_per_task") else ""
+    if t.get("tasks"):
+        per_task = (
+            f" ({t['items_per_task']} per task, of {', '.join(t['tasks'])}: the tasks answered"
+            " above their constant on development questions)"
+        )
     measure = (
         "accuracy on perturbed wording, reflect-and-revise vs answering directly, on "
         f"{t['items']} held-out questions{per_task}; holds at a significant gain of at least "

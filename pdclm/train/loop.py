@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -189,7 +190,7 @@ class Trainer:
         step = self.restore() if resume else 0
         model.train()
         symbols_seen, train_time, metrics = 0, 0.0, {}
-        steady_time, steady_steps = 0.0, 0
+        steady: list[float] = []
         if step == 0:
             self.run_eval(0)
         bar = tqdm(
@@ -236,7 +237,7 @@ class Trainer:
             step_seconds = time.perf_counter() - t0
             train_time += step_seconds
             if step > 1:  # the first step pays one-off costs (allocation, kernel selection)
-                steady_time, steady_steps = steady_time + step_seconds, steady_steps + 1
+                steady.append(step_seconds)
             metrics = {
                 **dist.all_mean({"loss": loss_sum, **metric_sums}),
                 "lr": self.optimizer.param_groups[0]["lr"],
@@ -265,7 +266,9 @@ class Trainer:
         return {
             "steps": step,
             "train_seconds": train_time,
-            "seconds_per_step_steady": steady_time / steady_steps if steady_steps else None,
+            # the median: one slow step (a page fault, the OS scheduling something else) moved
+            # a short probe's mean by a third
+            "seconds_per_step_steady": statistics.median(steady) if steady else None,
             **metrics,
             **final,
             "history": self.history,

@@ -72,6 +72,7 @@ from pdclm.eval.reflection import (
     reflection_quality,
     reward_curves,
     robustness,
+    robustness_tasks,
     unanswerable_check,
 )
 from pdclm.eval.stats import mcnemar_one_sided, paired_from_flags
@@ -207,13 +208,23 @@ class BestByDev:
     def p_better(self, flags: list[int]) -> float:
         """One-sided exact McNemar p-value that a model answering ``flags`` beats the best
         so far on the same questions (1.0 when there is no best to beat)."""
-        kept = next(
-            (r for r in self.history if self.best and r["update"] == self.best["update"]), None
-        )
+        kept = self.kept_row()
         if kept is None or len(kept.get("right", [])) != len(flags):
             return 1.0
         pairs = paired_from_flags([bool(x) for x in flags], [bool(x) for x in kept["right"]])
         return mcnemar_one_sided(pairs["only_a"], pairs["only_b"])
+
+    def kept_row(self) -> dict[str, Any] | None:
+        """The probe of the model kept so far (None before the first)."""
+        return next(
+            (r for r in self.history if self.best and r["update"] == self.best["update"]), None
+        )
+
+    def kept_tasks(self) -> dict[str, float]:
+        """Per task, the kept model's accuracy on the development questions (empty with no
+        probe)."""
+        kept = self.kept_row()
+        return dict(kept["tasks"]) if kept else {}
 
     def restore(self, model: PDCLM) -> None:
         """Load the best model's weights into ``model``."""
@@ -617,7 +628,7 @@ class Reflective:
         critic = critics.get((rl.steps - 1) // rl.reflect_every)
         # with the reflection network beside it, for `solve --reflect`
         save_model(policy, cfg, run_dir / "model", extra={CRITIC_FILE: critic})
-        out = self.evaluate(ctx, policy, critic, sets, result, critics)
+        out = self.evaluate(ctx, policy, critic, sets, result, critics, best.kept_tasks())
         if dev:
             out["probe"] = best.summary(rl)
         if any(human):  # how the critic and each channel agree with held-out human verdicts
@@ -681,13 +692,15 @@ class Reflective:
         sets: dict[str, list[Item]],
         result: dict[str, Any],
         critics: Critics,
+        dev_accuracy: dict[str, float],
     ) -> dict[str, Any]:
         cfg = ctx.cfg
         bf16 = cfg.train.bf16
         tasks = evaluate_tasks(policy, sets, cfg.tasks, bf16)
+        measured = robustness_tasks(dev_accuracy, sets)
         with generation_context(bf16):
             critic_quality = reflection_quality(policy, critic, sets, cfg)
-            robust = robustness(policy, critic, sets, cfg)
+            robust = robustness(policy, critic, {n: sets[n] for n in measured}, cfg)
             unans = unanswerable_check(policy, sets, cfg)
         curves = reward_curves(ctx.log.path if ctx.log else None)
         plots = {
