@@ -435,3 +435,16 @@ def test_robustness_is_measured_on_the_tasks_above_their_constant_on_development
     at = {"basic_arithmetic": const["basic_arithmetic"], "spell_backward": 0.0}
     assert robustness_tasks(at, sets) == list(sets)
     assert robustness_tasks({}, sets) == list(sets)  # no probe ran
+
+
+def test_phase3_reuses_phase2s_evaluation_only_when_it_keeps_that_model(tmp_path, monkeypatch):
+    ctx = RunContext(load_preset("tiny"), tmp_path, progress=False)
+    phase2 = {"tasks": {"t": {"accuracy": 0.5}}, "consistency": {"flagged": 1}}
+    ctx.results["phase2"] = {**phase2, "seconds": 3.0}
+    calls = []
+    fresh = {"tasks": {"t": {"accuracy": 0.25}}, "consistency": {"flagged": 0}}
+    monkeypatch.setattr(reflective, "evaluate_tasks", lambda *a: calls.append(a) or fresh)
+    assert reflective.final_tasks(ctx, None, {}, kept_phase2=True) == phase2 and not calls
+    assert reflective.final_tasks(ctx, None, {}, kept_phase2=False) == fresh and len(calls) == 1
+    ctx.results.clear()  # `pdclm train reflective` alone: no Phase 2 evaluation to reuse
+    assert reflective.final_tasks(ctx, None, {}, kept_phase2=True) == fresh and len(calls) == 2

@@ -139,6 +139,18 @@ def dev_results(policy: PDCLM, dev: dict[str, list[Item]], cfg: Config) -> dict[
     return dist.broadcast(right)
 
 
+def final_tasks(
+    ctx: RunContext, policy: PDCLM, sets: dict[str, list[Item]], kept_phase2: bool
+) -> dict[str, Any]:
+    """The kept model's evaluation on the held-out questions. When the probe kept the Phase 2
+    model, that is Phase 2's own evaluation of it (greedy decoding of the same questions gives
+    the same answers): a second pass over every question would only repeat it."""
+    before = ctx.results.get("phase2", {})
+    if kept_phase2 and "tasks" in before and "consistency" in before:
+        return {"tasks": before["tasks"], "consistency": before["consistency"]}
+    return evaluate_tasks(policy, sets, ctx.cfg.tasks, ctx.cfg.train.bf16)
+
+
 class BestByDev:
     """The probe's history and the best model so far, on disk in ``folder``: the weights of
     the best model as ``update_<n>.safetensors`` (n: the policy updates before it, five
@@ -628,7 +640,10 @@ class Reflective:
         critic = critics.get((rl.steps - 1) // rl.reflect_every)
         # with the reflection network beside it, for `solve --reflect`
         save_model(policy, cfg, run_dir / "model", extra={CRITIC_FILE: critic})
-        out = self.evaluate(ctx, policy, critic, sets, result, critics, best.kept_tasks())
+        kept_phase2 = bool(dev) and not (best.best or {}).get("update")
+        out = self.evaluate(
+            ctx, policy, critic, sets, result, critics, best.kept_tasks(), kept_phase2
+        )
         if dev:
             out["probe"] = best.summary(rl)
         if any(human):  # how the critic and each channel agree with held-out human verdicts
@@ -693,10 +708,11 @@ class Reflective:
         result: dict[str, Any],
         critics: Critics,
         dev_accuracy: dict[str, float],
+        kept_phase2: bool,
     ) -> dict[str, Any]:
         cfg = ctx.cfg
         bf16 = cfg.train.bf16
-        tasks = evaluate_tasks(policy, sets, cfg.tasks, bf16)
+        tasks = final_tasks(ctx, policy, sets, kept_phase2)
         measured = robustness_tasks(dev_accuracy, sets)
         with generation_context(bf16):
             critic_quality = reflection_quality(policy, critic, sets, cfg)
