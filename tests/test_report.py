@@ -64,6 +64,8 @@ def results() -> dict:
         "reflection": {"answer": {"flagged": 24, "wrong": 24, "caught": 20}},
         "robustness": {
             "items": 8,
+            "items_per_task": 4,
+            "tasks": ["chain_sum", "count_bits"],
             "plain": {"clean": 0.25, "perturbed": 0.125, "retained": 0.5},
             "reflect": {"clean": 0.25, "perturbed": 0.125, "retained": 0.5},
         },
@@ -154,6 +156,9 @@ def test_claims_are_one_row_per_claim_with_this_run_first_and_apart(written):
     saved = section[section.index("### Saved benchmarks") :]
     robust = claims.CLAIMS["robustness"]
     assert ours.count(robust) == 1 and "this run (Phase 3 robustness)" in ours
+    # the tasks robustness was measured on, and why those, in the row and in the report's table
+    assert "4 per task, of chain_sum, count_bits: the tasks answered above" in ours
+    assert "8 questions (chain_sum, count_bits)." in md
     assert "a_cpu.json" not in ours
     assert saved.count(robust) == 1  # two files measured it: one row naming both
     row = next(line for line in saved.splitlines() if robust in line)

@@ -252,7 +252,9 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                 "accuracy on perturbed wording, phase3",
                 f"reflect-and-revise {with_interval(refl['perturbed'], n)}, "
                 f"direct {with_interval(plain['perturbed'], n)}",
-                f"{n} questions. {robustness_summary(robustness_test(rob))} On clean "
+                f"{n} questions"
+                + (f" ({', '.join(rob['tasks'])})" if rob.get("tasks") else "")
+                + f". {robustness_summary(robustness_test(rob))} On clean "
                 f"wording: {refl['clean']:.2f} vs {plain['clean']:.2f}.",
             )
         )
