@@ -53,7 +53,6 @@ ARMS = ("pdclm", "byte", "bpe")
 """The models compared: PD-CLM and the two baselines of ``bench pretrain``."""
 STOP = frozenset({NEWLINE, *range(256, VOCAB_SIZE)})
 """Byte-level generation ends at a newline or a control symbol."""
-"""Steps of the timing probe that sizes each model's schedule to the budget."""
 EXAMPLES = 3
 """Answers kept per task and model in the JSON, to read what a model writes."""
 

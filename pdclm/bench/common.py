@@ -112,8 +112,7 @@ def steps_for_budget(
     seconds: float,
 ) -> int:
     """Steps of ``model`` that fit ``seconds``, from the median of :data:`PROBE_STEPS` timed
-    steps. The probe's updates are undone: the arm trains from the weights it
-    was given."""
+    steps. The probe's updates are undone: the arm trains from the weights it was given."""
     init = {k: v.clone() for k, v in model.state_dict().items()}
     probe = Trainer(
         f"{name}-probe",

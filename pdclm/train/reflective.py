@@ -640,7 +640,7 @@ class Reflective:
         critic = critics.get((rl.steps - 1) // rl.reflect_every)
         # with the reflection network beside it, for `solve --reflect`
         save_model(policy, cfg, run_dir / "model", extra={CRITIC_FILE: critic})
-        kept_phase2 = bool(dev) and not (best.best or {}).get("update")
+        kept_phase2 = best.best is not None and best.best["update"] == 0
         out = self.evaluate(
             ctx, policy, critic, sets, result, critics, best.kept_tasks(), kept_phase2
         )
