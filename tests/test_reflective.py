@@ -431,10 +431,10 @@ def test_robustness_is_measured_on_the_tasks_above_their_constant_on_development
     const = {n: constant_baseline(make_source(n), v)[1] for n, v in sets.items()}
     assert 0 < const["basic_arithmetic"] < 0.5  # the constant is not zero: "at it" is a case
     above = {"basic_arithmetic": const["basic_arithmetic"] + 0.1, "spell_backward": 0.0}
-    assert robustness_tasks(above, sets) == ["basic_arithmetic"]
+    assert robustness_tasks(above, const) == ["basic_arithmetic"]
     at = {"basic_arithmetic": const["basic_arithmetic"], "spell_backward": 0.0}
-    assert robustness_tasks(at, sets) == list(sets)
-    assert robustness_tasks({}, sets) == list(sets)  # no probe ran
+    assert robustness_tasks(at, const) == list(sets)
+    assert robustness_tasks({}, const) == list(sets)  # no probe ran
 
 
 def test_phase3_reuses_phase2s_evaluation_only_when_it_keeps_that_model(tmp_path, monkeypatch):

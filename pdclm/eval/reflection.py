@@ -21,14 +21,7 @@ from pdclm.cognition.reflection import (
 )
 from pdclm.cognition.rewards import CHANNELS
 from pdclm.config import Config
-from pdclm.data.tasks import (
-    UNANSWERABLE,
-    Item,
-    constant_baseline,
-    make_source,
-    unanswerable,
-    verify,
-)
+from pdclm.data.tasks import UNANSWERABLE, Item, unanswerable, verify
 from pdclm.eval.robustness import perturbed_sets
 from pdclm.eval.stats import paired_from_flags
 from pdclm.eval.tasks import eval_budget, flag_stats, run_items
@@ -80,17 +73,14 @@ def _accuracy(items: list[Item], answers: list[str]) -> float:
     return sum(verify(it, a) for it, a in zip(items, answers, strict=True)) / max(1, len(items))
 
 
-def robustness_tasks(dev_accuracy: dict[str, float], sets: dict[str, list[Item]]) -> list[str]:
+def robustness_tasks(dev_accuracy: dict[str, float], constants: dict[str, float]) -> list[str]:
     """The tasks robustness is measured on: those the model answers above their best constant
-    answer (on the evaluation's questions) on its *development* questions, so the choice never
-    looks at how it did on the questions measured; every task when none is. On a task the model
-    cannot do, both modes score zero and the paired test learns nothing from its questions."""
-    above = [
-        name
-        for name, items in sets.items()
-        if dev_accuracy.get(name, 0.0) > constant_baseline(make_source(name), items)[1]
-    ]
-    return above or list(sets)
+    answer (``constants``: its accuracy on the evaluation's questions, as the task evaluation
+    reports it) on its *development* questions, so the choice never looks at how it did on the
+    questions measured; every task when none is. On a task the model cannot do, both modes
+    score zero and the paired test learns nothing from its questions."""
+    above = [n for n, const in constants.items() if dev_accuracy.get(n, 0.0) > const]
+    return above or list(constants)
 
 
 def robustness(

@@ -265,7 +265,7 @@ class BestByDev:
                 else "no probe ran"
             )
         else:
-            kept = next(r for r in self.history if r["update"] == best["update"])
+            kept = self.kept_row() or {}
             why = (
                 f"update {best['update']} scored {best['accuracy']:.3f} on {n}, above the "
                 f"model it replaced at one-sided McNemar p = {kept.get('p_vs_best', 0):.3f} "
@@ -713,7 +713,8 @@ class Reflective:
         cfg = ctx.cfg
         bf16 = cfg.train.bf16
         tasks = final_tasks(ctx, policy, sets, kept_phase2)
-        measured = robustness_tasks(dev_accuracy, sets)
+        constants = {n: t["constant_baseline"] for n, t in tasks["tasks"].items()}
+        measured = robustness_tasks(dev_accuracy, constants)
         with generation_context(bf16):
             critic_quality = reflection_quality(policy, critic, sets, cfg)
             robust = robustness(policy, critic, {n: sets[n] for n in measured}, cfg)
