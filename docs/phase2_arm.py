@@ -41,7 +41,7 @@ class HeldOutOnly(Cognitive):
     """Phase 2 whose evaluation is the held-out accuracy alone."""
 
     def evaluate(self, ctx, model, sets, result, rounds):  # noqa: ANN001, ANN201
-        tasks = evaluate_tasks(model, sets, ctx.cfg.tasks, ctx.cfg.train.bf16)
+        tasks = evaluate_tasks(model, sets, ctx.cfg.tasks)
         train = {k: result.get(k) for k in ("steps", "train_seconds", "loss")}
         return {**tasks, "rounds": rounds, "train": train}
 

@@ -803,7 +803,7 @@ def cmd_selfplay(args: SelfplayCmd) -> dict:
     from pdclm.cognition.selfplay import dialogue, propose_and_solve
     from pdclm.data.generators import GENERATORS
     from pdclm.data.tasks import make_source, training_items
-    from pdclm.eval.tasks import eval_budget, generation_context, held_out_sets
+    from pdclm.eval.tasks import eval_budget, held_out_sets
     from pdclm.io import write_jsonl_atomic
     from pdclm.model.io import find_model_dir, load_model
 
@@ -828,13 +828,12 @@ def cmd_selfplay(args: SelfplayCmd) -> dict:
         )
     ]
     rng.shuffle(talk_items)
-    with generation_context(cfg.train.bf16):
-        kept, proposer = propose_and_solve(
-            model, own, cg.proposals, cg.solver_samples, budget, cg.temperature, exclude, gen
-        )
-        talks, talk = dialogue(
-            model, talk_items[: cg.dialogue_items], cg.agents, budget, cg.temperature, gen
-        )
+    kept, proposer = propose_and_solve(
+        model, own, cg.proposals, cg.solver_samples, budget, cg.temperature, exclude, gen
+    )
+    talks, talk = dialogue(
+        model, talk_items[: cg.dialogue_items], cg.agents, budget, cg.temperature, gen
+    )
     kept += talks
     out = Path(args.episodes) if args.episodes else folder.parent / "selfplay.jsonl"
     write_jsonl_atomic(out, [v.to_json() for v in kept])

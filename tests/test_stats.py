@@ -159,7 +159,7 @@ def test_robustness_not_measurable_says_how_many_items_it_needs():
 def test_evaluate_tasks_carries_counts_and_intervals(monkeypatch):
     items = held_out(make_source("arithmetic"), 1, 20)
 
-    def solve_sets(model, sets, budget, batch, bf16):
+    def solve_sets(model, sets, budget, batch):
         return {
             name: [
                 Solution(it.question, (), it.answer if i < 10 else "nonsense", False, 0)
@@ -170,7 +170,7 @@ def test_evaluate_tasks_carries_counts_and_intervals(monkeypatch):
 
     monkeypatch.setattr(eval_tasks, "solve_sets", solve_sets)
     cfg = TasksConfig(names=["arithmetic"])
-    t = eval_tasks.evaluate_tasks(None, {"arithmetic": items}, cfg, False)["tasks"]["arithmetic"]
+    t = eval_tasks.evaluate_tasks(None, {"arithmetic": items}, cfg)["tasks"]["arithmetic"]
     assert (t["right"], t["n"], t["accuracy"]) == (10, 20, 0.5)
     assert t["ci95"] == list(stats.wilson_interval(0.5, 20))
     assert t["above_constant"] == (t["ci95"][0] > t["constant_baseline"])

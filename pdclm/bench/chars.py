@@ -41,7 +41,6 @@ from pdclm.config import BENCH_ARMS, Config, ConfigError
 from pdclm.data.chars import MAX_WORD, MIN_WORD, TASKS, CharItem, held_out_items, pools
 from pdclm.data.chars import training_rows as char_rows
 from pdclm.eval.claims import row, threshold_verdict
-from pdclm.eval.tasks import generation_context
 from pdclm.io import write_json_atomic
 from pdclm.model.pdclm import PDCLM, complete
 from pdclm.train.loop import Trainer, resolve_device
@@ -167,12 +166,12 @@ def one_thread() -> Iterator[None]:
 
 
 @torch.no_grad()
-def answers(model: nn.Module, enc: Encoding, items: list[CharItem], bf16: bool) -> list[bytes]:
+def answers(model: nn.Module, enc: Encoding, items: list[CharItem]) -> list[bytes]:
     """Greedy answers to ``items``; at most one symbol more than the longest gold answer is
     generated (enough to tell a right answer that does not stop from a right one)."""
     model.eval()
     limit = max(len(it.answer.encode()) for it in items) + 1
-    with generation_context(bf16), one_thread():
+    with one_thread():
         if isinstance(model, PDCLM):
             prompts = [[BOS, *it.prompt.encode()] for it in items]
             return [bytes(o) for o in complete(model, prompts, limit, STOP, temperature=0.0)]
@@ -233,7 +232,7 @@ def bench_chars(cfg: Config, out: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         acc, right, examples = {}, {}, {}
         for task, items in sets.items():
-            got = answers(model, enc, items, cfg.train.bf16)
+            got = answers(model, enc, items)
             ok = score(items, got)
             acc[task], right[task] = sum(ok) / len(ok), sum(ok)
             examples[task] = [

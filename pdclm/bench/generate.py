@@ -34,7 +34,7 @@ from pdclm.data.tasks import make_source
 from pdclm.eval.claims import row, threshold_verdict
 from pdclm.eval.noise import KINDS, MIXED, add_noise, noisy_symbols
 from pdclm.eval.robustness import _WORD, template_words
-from pdclm.eval.tasks import correct, eval_budget, generation_context, held_out_sets, solve_sets
+from pdclm.eval.tasks import autocast_context, correct, eval_budget, held_out_sets, solve_sets
 from pdclm.io import write_json_atomic
 from pdclm.model.io import load_model
 from pdclm.train.objectives import lm_loss
@@ -77,7 +77,7 @@ def val_windows(cfg: Config, length: int, batches: int) -> list[np.ndarray]:
 
 @torch.no_grad()
 def generation_speed(
-    model: nn.Module, tok, prompts: list[np.ndarray], n_bytes: int, bf16: bool
+    model: nn.Module, tok, prompts: list[np.ndarray], n_bytes: int
 ) -> dict[str, float]:
     """Greedy cached generation of ``n_bytes`` bytes after each prompt, one row at a time."""
 
@@ -85,22 +85,21 @@ def generation_speed(
     gen_s = pre_s = 0.0
     made = read = 0
     token_bytes = None if tok is None else tok.token_bytes
-    with generation_context(bf16):
-        for p in prompts:
-            ids = tok.encode_symbols(p) if tok is not None else p.tolist()
-            t0 = time.perf_counter()
-            stream = model.start_stream(1)
-            for s in ids:
-                logits = stream.push(torch.tensor([int(s)]))
-            t1 = time.perf_counter()
-            got = 0
-            while got < n_bytes:
-                nxt = int(logits[0].argmax())
-                got += 1 if token_bytes is None else int(token_bytes[nxt])
-                logits = stream.push(torch.tensor([nxt]))
-            t2 = time.perf_counter()
-            pre_s, gen_s = pre_s + t1 - t0, gen_s + t2 - t1
-            made, read = made + got, read + len(p)
+    for p in prompts:
+        ids = tok.encode_symbols(p) if tok is not None else p.tolist()
+        t0 = time.perf_counter()
+        stream = model.start_stream(1)
+        for s in ids:
+            logits = stream.push(torch.tensor([int(s)]))
+        t1 = time.perf_counter()
+        got = 0
+        while got < n_bytes:
+            nxt = int(logits[0].argmax())
+            got += 1 if token_bytes is None else int(token_bytes[nxt])
+            logits = stream.push(torch.tensor([nxt]))
+        t2 = time.perf_counter()
+        pre_s, gen_s = pre_s + t1 - t0, gen_s + t2 - t1
+        made, read = made + got, read + len(p)
     return {
         "bytes_per_s": made / gen_s,
         "prompt_bytes_per_s": read / pre_s,
@@ -119,10 +118,10 @@ def bench_generate(cfg: Config, out: Path) -> dict[str, Any]:
     ][: cfg.bench.gen_prompts]
     rows = {}
     for name, (model, tok) in arms.items():
-        generation_speed(model, tok, prompts[:1], 16, cfg.train.bf16)  # warm-up
+        generation_speed(model, tok, prompts[:1], 16)  # warm-up
         rows[name] = {
             "label": LABELS[name],
-            **generation_speed(model, tok, prompts, cfg.bench.gen_bytes, cfg.train.bf16),
+            **generation_speed(model, tok, prompts, cfg.bench.gen_bytes),
         }
         print(f"{LABELS[name]:>30}: {rows[name]['bytes_per_s']:,.0f} bytes/s generated")
     goals = []
@@ -172,7 +171,7 @@ def bench_generate(cfg: Config, out: Path) -> dict[str, Any]:
 def window_bpb(model: nn.Module, tok, windows: list[np.ndarray], batch: int, bf16: bool) -> float:
 
     model.eval()
-    with generation_context(bf16):
+    with autocast_context(bf16):
         if tok is not None:
             return bpe_bpb(model, tok, windows, batch)
         vals = []
@@ -216,7 +215,7 @@ def noisy_task_accuracy(cfg: Config, ckpt: str, rates: list[float]) -> dict[str,
                         mask[a : a + len(m.group().encode())] = True
                 new = add_noise(q, rate, MIXED, rng, mask).decode("utf-8", "replace")
                 noisy[name].append(dataclasses.replace(it, question=new))
-        sols = solve_sets(model, noisy, eval_budget(tcfg), tcfg.batch, cfg.train.bf16)
+        sols = solve_sets(model, noisy, eval_budget(tcfg), tcfg.batch)
         right = n = 0
         for name, items in noisy.items():
             ok = correct(make_source(name), items, sols[name])

@@ -40,7 +40,7 @@ from pdclm.eval.labelling import (
     candidates_for,
     label,
 )
-from pdclm.eval.tasks import eval_budget, generation_context, held_out_sets
+from pdclm.eval.tasks import autocast_context, eval_budget, held_out_sets
 from pdclm.io import write_json_atomic
 from pdclm.model.io import find_model_dir, load_model
 from pdclm.model.pdclm import PDCLM
@@ -66,7 +66,7 @@ def _train_point(
     if train:
         train_reflector(critic, train, rf, out_dir, cfg.train.bf16, seed, cfg.train.device)
         critic.cpu()
-    with generation_context(cfg.train.bf16):
+    with autocast_context(cfg.train.bf16):
         fit = calibrate(critic, cal)
         scores = [s.answer for s in score(critic, [ex.episode for ex in held])]
     y = [ex.verdict for ex in held]
@@ -204,7 +204,7 @@ def bench_human(
     # the pool: the policy's episodes, each with a verdict written by the labelling loop
     exclude = {it.question for items in held_out_sets(cfg.tasks).values() for it in items}
     candidates = candidates_for(run_dir, policy, cfg, exclude, cfg.train.seed, False)
-    with generation_context(cfg.train.bf16):
+    with autocast_context(cfg.train.bf16):
         assessed = assess(candidates, ranker, eval_budget(cfg.tasks), rf.threshold)
     verdicts = out / "verdicts.jsonl"
     verdicts.unlink(missing_ok=True)

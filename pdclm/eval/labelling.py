@@ -42,7 +42,7 @@ from pdclm.data.episodes import Episode, Judged
 from pdclm.data.generators import GENERATORS
 from pdclm.data.human import HumanExample, episode_key, read_examples
 from pdclm.data.tasks import UNANSWERABLE, Item, make_source, training_items
-from pdclm.eval.tasks import eval_budget, generation_context, held_out_sets, run_items
+from pdclm.eval.tasks import autocast_context, eval_budget, held_out_sets, run_items
 from pdclm.io import append_jsonl_atomic
 from pdclm.model.io import find_model_dir, load_model
 from pdclm.model.pdclm import PDCLM
@@ -137,7 +137,7 @@ def fresh(policy: PDCLM, cfg: Config, exclude: set[str], seed: int) -> list[Cand
     flat = [it for it in items for _ in range(cfg.human.samples)]
     gen = torch.Generator().manual_seed(seed)
     budget = eval_budget(cfg.tasks)
-    sols = run_items(policy, flat, budget, cfg.tasks.batch, cfg.train.bf16, 1.0, gen)
+    sols = run_items(policy, flat, budget, cfg.tasks.batch, 1.0, gen)
     return [
         Candidate(it, s, j // cfg.human.samples, judge(it, s).answer_ok, f"fresh:{seed}")
         for j, (it, s) in enumerate(zip(flat, sols, strict=True))
@@ -358,8 +358,7 @@ def candidates_for(
     """A run's Phase 3 rollouts, or fresh samples when it has none (or ``fresh_only``)."""
     if not fresh_only and (run_dir / "reflective" / "rollouts").is_dir():
         return from_run(run_dir)
-    with generation_context(cfg.train.bf16):
-        return fresh(policy, cfg, exclude, seed)
+    return fresh(policy, cfg, exclude, seed)
 
 
 def label_command(
@@ -380,7 +379,7 @@ def label_command(
     critic = load_reflector(policy, saved.rl.reflection.latent_layers, model_dir)
     exclude = {it.question for items in held_out_sets(cfg.tasks).values() for it in items}
     candidates = candidates_for(model_dir.parent, policy, cfg, exclude, seed, fresh_only)
-    with generation_context(cfg.train.bf16):
+    with autocast_context(cfg.train.bf16):
         assessed = assess(candidates, critic, eval_budget(cfg.tasks), cfg.rl.reflection.threshold)
     path = Path(file) if file else model_dir.parent / "human_verdicts.jsonl"
     stats = label(assessed, path, annotator, limit, from_verifier)

@@ -40,9 +40,9 @@ def reflection_quality(
     how often it ranks a corrupted gold trace below its correct twin."""
     items = _subsets(sets, cfg.tasks.sweep_items)
     gen = torch.Generator().manual_seed(cfg.train.seed + 7)
-    budget, bf16 = eval_budget(cfg.tasks), cfg.train.bf16
-    sols = run_items(policy, items, budget, cfg.tasks.batch, bf16)
-    sols += run_items(policy, items, budget, cfg.tasks.batch, bf16, 1.0, gen)
+    budget = eval_budget(cfg.tasks)
+    sols = run_items(policy, items, budget, cfg.tasks.batch)
+    sols += run_items(policy, items, budget, cfg.tasks.batch, 1.0, gen)
     judged = [judge(it, s) for it, s in zip(items + items, sols, strict=True)]
     scores = score(critic, [j.episode for j in judged])
     t = cfg.rl.reflection.threshold
@@ -94,7 +94,7 @@ def robustness(
     n = cfg.rl.robustness_items
     clean = {k: v[:n] for k, v in sets.items()}
     noisy = perturbed_sets(clean, cfg.train.seed)
-    budget, bf16 = eval_budget(cfg.tasks), cfg.train.bf16
+    budget = eval_budget(cfg.tasks)
     gen = torch.Generator().manual_seed(cfg.train.seed + 11)
     out: dict[str, Any] = {
         "items": sum(map(len, clean.values())),
@@ -107,7 +107,7 @@ def robustness(
         for label, group in (("clean", clean), ("perturbed", noisy)):
             items = [it for v in group.values() for it in v]
             if mode == "plain":
-                sols = run_items(policy, items, budget, cfg.tasks.batch, bf16)
+                sols = run_items(policy, items, budget, cfg.tasks.batch)
                 answers = [s.answer for s in sols]
             else:
                 history = reflect_and_revise(
@@ -148,9 +148,9 @@ def unanswerable_check(policy: PDCLM, sets: dict[str, list[Item]], cfg: Config) 
     hidden = [h for it in intact if (h := unanswerable(it, rng)) is not None]
     if not hidden:
         return {"items": 0}
-    budget, bf16 = eval_budget(cfg.tasks), cfg.train.bf16
-    said = run_items(policy, hidden, budget, cfg.tasks.batch, bf16)
-    normal = run_items(policy, intact, budget, cfg.tasks.batch, bf16)
+    budget = eval_budget(cfg.tasks)
+    said = run_items(policy, hidden, budget, cfg.tasks.batch)
+    normal = run_items(policy, intact, budget, cfg.tasks.batch)
     return {
         "items": len(hidden),
         "says_unanswerable": _accuracy(hidden, [s.answer for s in said]),

@@ -56,8 +56,14 @@ def eval_budget(cfg: TasksConfig, steps: int | None = None) -> Budget:
     return Budget(cfg.think_steps if steps is None else steps, cfg.think_bytes, cfg.answer_bytes)
 
 
-def generation_context(bf16: bool):
-    """Generation runs under the same bf16 autocast as training where that is enabled."""
+def autocast_context(bf16: bool):
+    """Teacher-forced forwards of many positions at once (held-out bits, scoring, log-probs)
+    run under the training's bf16 autocast where that is enabled.
+
+    Generation does not: each step is one position per row, matmuls of a few rows at most,
+    where autocast costs more than bf16 saves (it re-casts every weight at every step). On 2
+    cores with AMX, fp32 generated x1.65 the bytes/s of bf16 for one row and x1.3 for a batch
+    of task questions (docs/generation.md)."""
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
@@ -66,20 +72,13 @@ def run_items(
     items: Sequence[Item],
     budget: Budget,
     batch: int,
-    bf16: bool,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> list[Solution]:
     model.eval()
-    with generation_context(bf16):
-        return solve(
-            model,
-            [it.question for it in items],
-            budget,
-            temperature,
-            generator=generator,
-            batch=batch,
-        )
+    return solve(
+        model, [it.question for it in items], budget, temperature, generator=generator, batch=batch
+    )
 
 
 @torch.no_grad()
@@ -95,7 +94,7 @@ def gold_bits(model: PDCLM, items: Sequence[Item], bf16: bool, batch: int = 32) 
         width = max(len(s) for s, _ in part)  # one item per row, padded after its end
         t = torch.tensor([s + [EOS] * (width - len(s)) for s, _ in part])
         w = torch.tensor([ws[1:] + [0.0] * (width - len(ws)) for _, ws in part])
-        with generation_context(bf16):
+        with autocast_context(bf16):
             logits = model(t)
         ce = F.cross_entropy(logits.float().transpose(1, 2), t[:, 1:], reduction="none")
         out += ((ce * w).sum(1) / w.sum(1).clamp(min=1) / LN2).tolist()
@@ -116,11 +115,11 @@ def flag_stats(flagged: Sequence[bool], wrong: Sequence[bool]) -> dict[str, floa
 
 
 def solve_sets(
-    model: PDCLM, sets: dict[str, list[Item]], budget: Budget, batch: int, bf16: bool
+    model: PDCLM, sets: dict[str, list[Item]], budget: Budget, batch: int
 ) -> dict[str, list[Solution]]:
     """Greedy solutions for every task's items, in one batched pass, grouped back by task."""
     flat = [it for items in sets.values() for it in items]
-    sols = iter(run_items(model, flat, budget, batch, bf16))
+    sols = iter(run_items(model, flat, budget, batch))
     return {name: [next(sols) for _ in items] for name, items in sets.items()}
 
 
@@ -129,13 +128,11 @@ def correct(source: Source, items: Sequence[Item], sols: Sequence[Solution]) -> 
     return [source.score(it, s.answer) >= 1.0 for it, s in zip(items, sols, strict=True)]
 
 
-def evaluate_tasks(
-    model: PDCLM, sets: dict[str, list[Item]], cfg: TasksConfig, bf16: bool
-) -> dict[str, Any]:
+def evaluate_tasks(model: PDCLM, sets: dict[str, list[Item]], cfg: TasksConfig) -> dict[str, Any]:
     """Per task: accuracy with its item count and 95 % Wilson interval, the best constant
     answer's accuracy (and whether the interval is clear of it), forced-answer rate, thinking
     length, and the consistency check's precision/recall at catching wrong answers."""
-    solved = solve_sets(model, sets, eval_budget(cfg), cfg.batch, bf16)
+    solved = solve_sets(model, sets, eval_budget(cfg), cfg.batch)
     out: dict[str, Any] = {}
     all_flags, all_wrong = [], []
     for name, items in sets.items():
@@ -171,13 +168,13 @@ def evaluate_tasks(
 
 
 def budget_sweep(
-    model: PDCLM, sets: dict[str, list[Item]], cfg: TasksConfig, bf16: bool
+    model: PDCLM, sets: dict[str, list[Item]], cfg: TasksConfig
 ) -> dict[str, dict[str, float]]:
     """Accuracy per task for each thinking-step budget in ``cfg.budgets``."""
     subsets = {n: items[: cfg.sweep_items] for n, items in sets.items()}
     out: dict[str, dict[str, float]] = {n: {} for n in subsets}
     for steps in cfg.budgets:
-        solved = solve_sets(model, subsets, eval_budget(cfg, steps), cfg.batch, bf16)
+        solved = solve_sets(model, subsets, eval_budget(cfg, steps), cfg.batch)
         for name, items in subsets.items():
             right = correct(make_source(name), items, solved[name])
             out[name][str(steps)] = sum(right) / max(1, len(items))
@@ -185,18 +182,16 @@ def budget_sweep(
 
 
 def agreement_check(
-    model: PDCLM, sets: dict[str, list[Item]], cfg: TasksConfig, bf16: bool, seed: int
+    model: PDCLM, sets: dict[str, list[Item]], cfg: TasksConfig, seed: int
 ) -> dict[str, Any]:
     """Sample several answers per question; does disagreement flag a wrong greedy answer?"""
     subsets = {n: items[: cfg.sweep_items] for n, items in sets.items()}
     flat = [it for items in subsets.values() for it in items]
     budget = eval_budget(cfg)
-    greedy = run_items(model, flat, budget, cfg.batch, bf16)
+    greedy = run_items(model, flat, budget, cfg.batch)
     gen = torch.Generator().manual_seed(seed)
     k = cfg.agreement_samples
-    sampled = run_items(
-        model, [it for it in flat for _ in range(k)], budget, cfg.batch, bf16, 0.7, gen
-    )
+    sampled = run_items(model, [it for it in flat for _ in range(k)], budget, cfg.batch, 0.7, gen)
     sources: dict[str, Source] = {n: make_source(n) for n in subsets}
     flags, wrong = [], []
     for j, (it, g) in enumerate(zip(flat, greedy, strict=True)):

@@ -51,11 +51,11 @@ from pdclm.data.tasks import (
 )
 from pdclm.eval.tasks import (
     agreement_check,
+    autocast_context,
     budget_sweep,
     dev_sets,
     eval_budget,
     evaluate_tasks,
-    generation_context,
     gold_bits,
     held_out_sets,
     plot_accuracy_vs_steps,
@@ -152,31 +152,30 @@ class RoundData:
         budget = eval_budget(cfg.tasks)
         seed = 1 + cfg.train.seed * 7_000_003 + r * 100_003
         model.eval()
-        with generation_context(cfg.train.bf16):
-            levels = dict(self.curriculum.level)  # what the probe asks at (it may move them)
-            probe, bits = self.probe(model)
-            proposals, proposer_stats = (
-                propose_and_solve(
-                    model,
-                    self.own,
-                    cg.proposals,
-                    cg.solver_samples,
-                    budget,
-                    cg.temperature,
-                    self.exclude,
-                    gen,
-                    cfg.tasks.batch,
-                )
-                if self.own and cg.proposals
-                else ([], {})
+        levels = dict(self.curriculum.level)  # what the probe asks at (it may move them)
+        probe, bits = self.probe(model)
+        proposals, proposer_stats = (
+            propose_and_solve(
+                model,
+                self.own,
+                cg.proposals,
+                cg.solver_samples,
+                budget,
+                cg.temperature,
+                self.exclude,
+                gen,
+                cfg.tasks.batch,
             )
-            rng = random.Random(seed)
-            talk_items = self.sample_items(cg.dialogue_items, rng, seed + 11)
-            talks, dialogue_stats = (
-                dialogue(model, talk_items, cg.agents, budget, cg.temperature, gen, cfg.tasks.batch)
-                if talk_items
-                else ([], {})
-            )
+            if self.own and cg.proposals
+            else ([], {})
+        )
+        rng = random.Random(seed)
+        talk_items = self.sample_items(cg.dialogue_items, rng, seed + 11)
+        talks, dialogue_stats = (
+            dialogue(model, talk_items, cg.agents, budget, cg.temperature, gen, cfg.tasks.batch)
+            if talk_items
+            else ([], {})
+        )
         weights = self.task_weights(probe, bits, levels, prev)
         curriculum_items = self.sample_items(cg.episodes_per_round, rng, seed + 29, weights)
         episodes = [
@@ -240,7 +239,7 @@ class RoundData:
             for name in cfg.tasks.names
             for it in self.dev[name].get(self.curriculum.level[name], [])
         ]
-        sols = run_items(model, items, eval_budget(cfg.tasks), cfg.tasks.batch, cfg.train.bf16)
+        sols = run_items(model, items, eval_budget(cfg.tasks), cfg.tasks.batch)
         reads = cfg.cognitive.mix == "progress"  # ~3 s a probe on 2 cores: only when used
         bits = gold_bits(model, items, cfg.train.bf16, cfg.tasks.batch) if reads else []
         success: dict[str, list[float]] = {n: [] for n in cfg.tasks.names}
@@ -462,11 +461,10 @@ class Cognitive:
         rounds: list[dict[str, Any]],
     ) -> dict[str, Any]:
         cfg = ctx.cfg
-        bf16 = cfg.train.bf16
-        tasks = evaluate_tasks(model, sets, cfg.tasks, bf16)
-        sweep = budget_sweep(model, sets, cfg.tasks, bf16)
-        agree = agreement_check(model, sets, cfg.tasks, bf16, cfg.train.seed)
-        with generation_context(bf16):
+        tasks = evaluate_tasks(model, sets, cfg.tasks)
+        sweep = budget_sweep(model, sets, cfg.tasks)
+        agree = agreement_check(model, sets, cfg.tasks, cfg.train.seed)
+        with autocast_context(cfg.train.bf16):
             sources = source_separation(model, sets)
         history = result.pop("history")
         progress = self.accuracy_vs_steps(rounds, round_bounds(cfg))

@@ -77,11 +77,11 @@ from pdclm.eval.reflection import (
 )
 from pdclm.eval.stats import mcnemar_one_sided, paired_from_flags
 from pdclm.eval.tasks import (
+    autocast_context,
     correct,
     dev_sets,
     eval_budget,
     evaluate_tasks,
-    generation_context,
     held_out_sets,
     run_items,
     solve_sets,
@@ -130,7 +130,7 @@ def dev_results(policy: PDCLM, dev: dict[str, list[Item]], cfg: Config) -> dict[
     """Per task, which development questions the policy answers right (greedy, with the
     evaluation's budget). Generation is gathered across ranks, and rank 0's verdicts are
     broadcast, so every rank takes the same keep-or-not decision."""
-    solved = solve_sets(policy, dev, eval_budget(cfg.tasks), cfg.tasks.batch, cfg.train.bf16)
+    solved = solve_sets(policy, dev, eval_budget(cfg.tasks), cfg.tasks.batch)
     right = {
         name: correct(make_source(name), items, solved[name])
         for name, items in dev.items()
@@ -148,7 +148,7 @@ def final_tasks(
     before = ctx.results.get("phase2", {})
     if kept_phase2 and "tasks" in before and "consistency" in before:
         return {"tasks": before["tasks"], "consistency": before["consistency"]}
-    return evaluate_tasks(policy, sets, ctx.cfg.tasks, ctx.cfg.train.bf16)
+    return evaluate_tasks(policy, sets, ctx.cfg.tasks)
 
 
 class BestByDev:
@@ -336,7 +336,7 @@ class Critics:
             )
             critic.cpu()
             if self.human_cal:
-                with generation_context(self.cfg.train.bf16):
+                with autocast_context(self.cfg.train.bf16):
                     stats["calibration"] = calibrate(critic, self.human_cal)
             main_writes(lambda: self.save(v, critic))
             # every rank trained on the same examples, but not always to the same last bit
@@ -439,9 +439,7 @@ class RolloutBatches:
         cfg = self.cfg
         items = self.prompts(-1, cfg.rl.reflection.rollouts)
         gen = torch.Generator().manual_seed(cfg.train.seed + 99)
-        sols = run_items(
-            self.policy, items, eval_budget(cfg.tasks), cfg.tasks.batch, cfg.train.bf16, 1.0, gen
-        )
+        sols = run_items(self.policy, items, eval_budget(cfg.tasks), cfg.tasks.batch, 1.0, gen)
         return [judge(it, s) for it, s in zip(items, sols, strict=True)]
 
     # --------------------------------------------------------------------------- questions
@@ -493,10 +491,8 @@ class RolloutBatches:
         flat = [it for it in items for _ in range(rl.group)]
         budget = eval_budget(cfg.tasks)
         gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + k)
-        sols = run_items(
-            self.policy, flat, budget, cfg.tasks.batch, cfg.train.bf16, rl.temperature, gen
-        )
-        with generation_context(cfg.train.bf16):
+        sols = run_items(self.policy, flat, budget, cfg.tasks.batch, rl.temperature, gen)
+        with autocast_context(cfg.train.bf16):
             scores = score(
                 critic, [solution_episode(it.question, s) for it, s in zip(flat, sols, strict=True)]
             )
@@ -518,7 +514,7 @@ class RolloutBatches:
         informative = [g for g in range(len(items)) if adv[groups == g].abs().sum() > 0]
         keep = [j for j, r in enumerate(rollouts) if r.group in informative] or [0]
         tokens, actions = rollout_tensors([sols[j] for j in keep], pad=EOS)
-        with torch.no_grad(), generation_context(cfg.train.bf16):
+        with torch.no_grad(), autocast_context(cfg.train.bf16):
             old = action_logprobs(self.policy, tokens, actions)
             ref = (
                 action_logprobs(self.reference, tokens, actions) if self.reference else old.clone()
@@ -647,7 +643,7 @@ class Reflective:
         if dev:
             out["probe"] = best.summary(rl)
         if any(human):  # how the critic and each channel agree with held-out human verdicts
-            with generation_context(cfg.train.bf16):
+            with autocast_context(cfg.train.bf16):
                 out["human"] = {
                     "train": len(human[0]),
                     "calibration": len(human[1]),
@@ -711,14 +707,12 @@ class Reflective:
         kept_phase2: bool,
     ) -> dict[str, Any]:
         cfg = ctx.cfg
-        bf16 = cfg.train.bf16
         tasks = final_tasks(ctx, policy, sets, kept_phase2)
         constants = {n: t["constant_baseline"] for n, t in tasks["tasks"].items()}
         measured = robustness_tasks(dev_accuracy, constants)
-        with generation_context(bf16):
-            critic_quality = reflection_quality(policy, critic, sets, cfg)
-            robust = robustness(policy, critic, {n: sets[n] for n in measured}, cfg)
-            unans = unanswerable_check(policy, sets, cfg)
+        critic_quality = reflection_quality(policy, critic, sets, cfg)
+        robust = robustness(policy, critic, {n: sets[n] for n in measured}, cfg)
+        unans = unanswerable_check(policy, sets, cfg)
         curves = reward_curves(ctx.log.path if ctx.log else None)
         plots = {
             "phase3_reward_channels.png": lambda path: plot_reward_channels(curves, path),
