@@ -213,7 +213,10 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int, seg: Tensor | 
     """Causal attention where position t sees keys in (t - window, t], same ``seg`` only.
 
     Cost is O(T * window): the sequence is cut into chunks of ``window`` and each chunk attends
-    to itself and the chunk before it, with a mask for the exact window and segment rule.
+    to itself and the chunk before it, with an additive mask for the exact window and segment
+    rule. Written out rather than through ``scaled_dot_product_attention``, whose CPU kernels
+    take no mask but causal: with one it falls back to a path ~1.5-2x slower than this.
+    Every position sees at least itself, so no row of the mask is all ``-inf``.
     """
     B, H, T, D = q.shape
     c = window
@@ -229,16 +232,16 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int, seg: Tensor | 
         2 * c, device=q.device
     ).view(1, 1, 2 * c)
     delta = qpos - kpos
-    mask = (delta >= 0) & (delta < c) & (kpos >= 0)  # (n, c, 2c)
-    mask = mask[None, None]
+    keep = ((delta >= 0) & (delta < c) & (kpos >= 0))[None, None]  # (1, 1, n, c, 2c)
     if seg is not None:
         # padded positions get their own segment ids so they only ever see themselves
         s = F.pad(seg, (0, pad), value=-1) if pad else seg
         sq = s.view(B, n, c, 1)
         sk = F.pad(s, (c, 0), value=-2).unfold(1, 2 * c, c).view(B, n, 1, 2 * c)
-        mask = mask & (sq == sk)[:, None]
-    out = F.scaled_dot_product_attention(qq, kp, vp, attn_mask=mask)
-    return out.reshape(B, H, n * c, D)[:, :, :T]
+        keep = keep & (sq == sk)[:, None]
+    scores = (qq @ kp.transpose(-1, -2)).float() * D**-0.5
+    weights = scores.masked_fill(~keep, float("-inf")).softmax(-1).to(vp.dtype)
+    return (weights @ vp).reshape(B, H, n * c, D)[:, :, :T]
 
 
 class Attention(nn.Module):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pdclm import dist
-from pdclm.config import Config, ConfigError, from_dict, resolve, to_dict, validate
+from pdclm.config import Config, ConfigError, from_saved, resolve, to_dict, validate
 from pdclm.eval.report import write_report
 from pdclm.io import main_writes, write_json_atomic
 from pdclm.train.budget import fit_to_budget, probe_step_seconds
@@ -90,7 +90,7 @@ def run_config(run_dir: Path) -> Config | None:
     if not path.is_file():
         return None
     try:
-        return from_dict(json.loads(path.read_text()))
+        return from_saved(json.loads(path.read_text()))
     except (OSError, ValueError) as e:  # ConfigError is a ValueError
         raise ConfigError(f"--resume: cannot read {path}: {e}") from e
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from pdclm.config import load_preset
 from pdclm.io import CheckpointError
+from pdclm.model.io import load_model, save_model
+from pdclm.model.pdclm import PDCLM
 from pdclm.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -70,3 +75,17 @@ def test_weights_from_another_model_are_refused(tmp_path):
     other = torch.nn.Sequential(torch.nn.Linear(4, 8))
     with pytest.raises(CheckpointError, match="do not match"):
         load_checkpoint(path, other)
+
+
+def test_a_model_saved_before_a_weight_setting_existed_is_refused(tmp_path):
+    """A model folder whose config lacks a setting that changes what its weights compute (an
+    older version's) fails clearly instead of loading with the new default."""
+    cfg = load_preset("tiny")
+    folder = save_model(PDCLM(cfg.pse, cfg.model), cfg, tmp_path / "model")
+    load_model(folder)  # loads as saved
+    config = json.loads((folder / "config.json").read_text())
+    del config["pse"]["entropy"]["window"]
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "checksums.json").unlink()  # the older version's own checksums would match
+    with pytest.raises(CheckpointError, match="pse.entropy.window.*older version"):
+        load_model(folder)

@@ -15,7 +15,7 @@ from pdclm.vocab import BOS
 def small_model(max_len: int = 6, rule: str = "entropy_jump", decoder_window: int = 0) -> PDCLM:
     cfg = Config()
     cfg.model.decoder.window = decoder_window
-    cfg.pse.entropy.dim, cfg.pse.entropy.context = 32, 16
+    cfg.pse.entropy.dim, cfg.pse.entropy.context, cfg.pse.entropy.window = 32, 16, 8
     cfg.pse.encoder.dim, cfg.pse.encoder.window, cfg.pse.encoder.buckets = 32, 8, 64
     cfg.pse.encoder.heads = cfg.model.decoder.heads = 2
     cfg.model.latent.dim, cfg.model.latent.layers = 64, 2
@@ -85,23 +85,44 @@ def test_generate_streams_and_stops():
     assert greedy == list(model.generate([BOS, 65], max_new=5, temperature=0))
 
 
-def test_entropy_profile_windows_stream_and_segments_agree():
+def test_entropy_profile_stream_prefill_and_segments_agree():
     cfg = Config().pse.entropy
-    cfg.context, cfg.dim = 16, 32
+    cfg.context, cfg.dim, cfg.window = 16, 32, 8
     model = EntropyModel(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.2)
-    x = torch.randint(0, 256, (1, 150))
-    full = model.profile(x)[0]
-    assert full[0] == 0 and (full[1:] > 0).all()
-    torch.testing.assert_close(profile_long(model, x[0], segment=24), full)
+    x = torch.randint(0, 256, (2, 150))
+    full = model.profile(x)
+    assert (full[:, 0] == 0).all() and (full[:, 1:] > 0).all()
+    torch.testing.assert_close(profile_long(model, x[0], segment=24), full[0], atol=1e-4, rtol=1e-4)
     stream = EntropyStream(model)
-    torch.testing.assert_close(
-        torch.cat([stream.push(t) for t in x[0, :-1, None]]), full[1:], atol=1e-4, rtol=1e-4
-    )
-    # the window is what it was trained with: a prefix's profile never changes
-    torch.testing.assert_close(model.profile(x[:, :70])[0], full[:70])
+    pushed = torch.stack([stream.push(t) for t in x[:, :-1].unbind(1)], 1)
+    torch.testing.assert_close(pushed, full[:, 1:], atol=1e-4, rtol=1e-4)
+    # a prompt read at once leaves the stream as pushing it would
+    stream = EntropyStream(model)
+    torch.testing.assert_close(stream.prefill(x[:, :70]), full[:, :71], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(stream.push(x[:, 70]), full[:, 71], atol=1e-4, rtol=1e-4)
+    # a prefix's profile never changes when symbols are appended
+    torch.testing.assert_close(model.profile(x[:, :70]), full[:, :70])
+
+
+def test_entropy_depends_on_exactly_its_reach():
+    """A symbol more than ``reach`` back never changes an entropy; one within it does."""
+    cfg = Config().pse.entropy
+    cfg.context, cfg.dim, cfg.layers, cfg.window = 16, 32, 2, 6
+    model = EntropyModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    assert model.reach == 11
+    x = torch.randint(0, 256, (1, 60))
+    y = x.clone()
+    y[0, 20] = (y[0, 20] + 1) % 256
+    diff = (model.profile(x) - model.profile(y)).abs()[0]
+    # profile[t] predicts symbol t from the reach symbols before it: symbol 20 reaches 21 .. 31
+    assert diff[:21].max() == 0 and diff[32:].max() < 1e-6
+    assert diff[21] > 1e-4 and diff[31] > 1e-4
 
 
 def test_overfit_one_batch():

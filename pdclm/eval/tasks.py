@@ -63,7 +63,7 @@ def autocast_context(bf16: bool):
     Generation does not: each step is one position per row, matmuls of a few rows at most,
     where autocast costs more than bf16 saves (it re-casts every weight at every step). On 2
     cores with AMX, fp32 generated x1.65 the bytes/s of bf16 for one row and x1.3 for a batch
-    of task questions (docs/generation.md)."""
+    of task questions (docs/fast_paths.md)."""
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from torch import nn
 
-from pdclm.config import Config, from_dict, to_dict
+from pdclm.config import Config, from_saved, to_dict
 from pdclm.io import (
     CheckpointError,
     atomic_folder,
@@ -100,7 +100,7 @@ def load_model(path: str | Path | None = None) -> tuple[PDCLM, Config]:
     folder = find_model_dir(path)
     verify_folder(folder, REPAIR)
     try:
-        cfg = from_dict(json.loads((folder / "config.json").read_text()))
+        cfg = from_saved(json.loads((folder / "config.json").read_text()))
     except (OSError, ValueError) as e:  # ConfigError is a ValueError
         raise CheckpointError(f"cannot read {folder / 'config.json'}: {e}; {REPAIR}") from e
     model = PDCLM(cfg.pse, cfg.model)

@@ -255,13 +255,8 @@ class MemoryStream:
         ent = m.entropy.profile(torch.cat([self.ctx, seg], 1))[:, self.ctx.shape[1] :]
         commit = self.pending.shape[1] == m.memory.cfg.segment
         out, _ = segment_forward(m, seg, ent, self.state, commit)
-        if commit:
-            S = m.entropy.context // 2
-            start = max(0, (self.state.pos // S - 1) * S)  # window start serving the next symbol
-            keep = self.state.pos - start
-            self.ctx = torch.cat([self.ctx, self.pending], 1)[
-                :, self.ctx.shape[1] + self.pending.shape[1] - keep :
-            ]
+        if commit:  # keep what the next symbols' entropies can still depend on
+            self.ctx = torch.cat([self.ctx, self.pending], 1)[:, -m.entropy.reach :]
             self.pending = self.pending[:, :0]
         return m.head(out[:, -1])
 

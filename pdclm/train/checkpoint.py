@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from pdclm.config import from_dict
+from pdclm.config import from_saved
 from pdclm.dist import barrier, is_main, part
 from pdclm.io import (
     CheckpointError,
@@ -235,7 +235,7 @@ def export_checkpoint(ckpt: Path, out: Path | None = None) -> Path:
     run = next((d for d in step.parents if (d / "config.json").is_file()), None)
     if run is None:
         raise FileNotFoundError(f"no run config.json above {step}; is it a run's checkpoint?")
-    cfg = from_dict(json.loads((run / "config.json").read_text()))
+    cfg = from_saved(json.loads((run / "config.json").read_text()))
     model = PDCLM(cfg.pse, cfg.model)
     try:
         load_state(model, read_weights(step), step)
