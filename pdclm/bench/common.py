@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import platform
 import queue as queue_mod
+import resource
 import shutil
 import sys
 import time
@@ -53,6 +54,20 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory (MB). On Linux the high-water mark of its
+    address space (``VmHWM``): ``getrusage``'s ``ru_maxrss`` survives ``exec``, so a spawned
+    child would report at least its parent's peak at the fork (measured: every bench arm read
+    the parent's 2,138 MB after the parent had profiled the shards)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_spawned(name: str, target: Callable[..., None], *args: Any) -> Any:
@@ -111,8 +126,9 @@ def steps_for_budget(
     loss_fn: Callable,
     seconds: float,
 ) -> int:
-    """Steps of ``model`` that fit ``seconds``, from the median of :data:`PROBE_STEPS` timed
-    steps. The probe's updates are undone: the arm trains from the weights it was given."""
+    """Steps of ``model`` that fit ``seconds``, from the lower quartile of :data:`PROBE_STEPS`
+    timed steps (the median over-read the step time in two runs: arms trained 75 of 100 s and
+    156 of 180 s). The probe's updates are undone: the arm trains from the weights it was given."""
     init = {k: v.clone() for k, v in model.state_dict().items()}
     probe = Trainer(
         f"{name}-probe",
@@ -124,6 +140,6 @@ def steps_for_budget(
         checkpoints=False,
         progress=False,
     )
-    step_time = probe.fit(resume=False)["seconds_per_step_steady"]
+    step_time = probe.fit(resume=False)["seconds_per_step_q1"]
     model.load_state_dict(init)
     return max(10, int(seconds / step_time))

@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pdclm.bench.common import run_spawned, stamp, steps_for_budget
+from pdclm.bench.common import peak_rss_mb, run_spawned, stamp, steps_for_budget
 from pdclm.config import Config, load_preset, resolve
 from pdclm.data.ingest import read_manifest, stdlib_sources
 from pdclm.data.shards import BatchSampler, ShardSet
@@ -246,7 +245,7 @@ def _run_variant(name: str, cfg: Config, out_dir: str, steps: int, queue) -> Non
     docs = long_documents(cfg, cfg.bench.memory_docs, n * 64)
     row["long_docs"] = [name for name, _ in docs]
     row["long_bpb"], row["read_bytes_per_s"] = long_bpb(model, docs, window)
-    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["peak_rss_mb"] = peak_rss_mb()
     metrics = run / "metrics.jsonl"  # absent if the budget ended before the first log step
     lines = metrics.read_text().splitlines() if metrics.exists() else []
     hist = [json.loads(line) for line in lines]

@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import resource
 import shutil
 import time
 from collections.abc import Callable
@@ -49,7 +48,7 @@ from pdclm.bench.baselines import (
     save_baseline,
     train_bpe,
 )
-from pdclm.bench.common import LABELS, pyplot, run_spawned, stamp, steps_for_budget
+from pdclm.bench.common import LABELS, peak_rss_mb, pyplot, run_spawned, stamp, steps_for_budget
 from pdclm.config import BENCH_ARMS, Config, ConfigError, to_dict
 from pdclm.data.shards import BatchSampler, ShardSet, profile_dir
 from pdclm.eval.claims import CLAIMS, row, threshold_verdict
@@ -295,7 +294,7 @@ def train_arm(
         "flops_per_step": flops,
         "flops_per_s": flops * result["steps"] / result["train_seconds"],
         "flops_per_byte": flops / bytes_per_step,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "wall_seconds": wall,
         "curve": [(h["step"], h["val_bpb"]) for h in result["history"]],
         "seconds_per_step": result["train_seconds"] / max(1, result["steps"]),

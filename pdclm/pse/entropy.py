@@ -84,7 +84,7 @@ class EntropyStream:
 
 
 @torch.no_grad()
-def profile_long(model: EntropyModel, symbols: Tensor, segment: int = 1 << 14) -> Tensor:
+def profile_long(model: EntropyModel, symbols: Tensor, segment: int = 1 << 12) -> Tensor:
     """Profile (N,) of one long 1-D stream, in segments, equal to ``model.profile`` on it all:
     each segment is given the :attr:`~EntropyModel.reach` symbols before it, all that its
     first position's entropy can depend on."""

@@ -269,6 +269,10 @@ class Trainer:
             # the median: one slow step (a page fault, the OS scheduling something else) moved
             # a short probe's mean by a third
             "seconds_per_step_steady": statistics.median(steady) if steady else None,
+            # contention only ever slows a step: the lower quartile is the loop's own speed
+            "seconds_per_step_q1": (
+                statistics.quantiles(steady, n=4)[0] if len(steady) > 1 else None
+            ),
             **metrics,
             **final,
             "history": self.history,
