@@ -93,10 +93,11 @@ class EntropyConfig:
     context: int = 256
     """Length of the sequences it is trained on (at least ``window``)."""
     window: int = 32
-    """Symbols each layer attends over, itself included: a position's entropy depends on at
-    most ``layers * (window - 1)`` symbols before it, in training, profiling and generation
-    alike. On the cpu preset, 32 against the earlier overlapping 128-symbol windows: held-out
-    bits/byte 3.11 against 3.12, training x1.8 and profiling x1.6 as fast (docs/fast_paths.md)."""
+    """Symbols each layer attends over, itself included: the entropy of predicting a symbol
+    depends on at most ``layers * (window - 1) + 1`` symbols before it, in training, profiling
+    and generation alike. On the cpu preset, 32 against the earlier overlapping 128-symbol
+    windows: held-out bits/byte 3.11 against 3.12, training x1.8 and profiling x1.6 as fast
+    (docs/fast_paths.md)."""
     steps: int = 300
     batch: int = 32
     lr: float = 3e-3

@@ -213,10 +213,10 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int, seg: Tensor | 
     """Causal attention where position t sees keys in (t - window, t], same ``seg`` only.
 
     Cost is O(T * window): the sequence is cut into chunks of ``window`` and each chunk attends
-    to itself and the chunk before it, with an additive mask for the exact window and segment
-    rule. Written out rather than through ``scaled_dot_product_attention``, whose CPU kernels
-    take no mask but causal: with one it falls back to a path ~1.5-2x slower than this.
-    Every position sees at least itself, so no row of the mask is all ``-inf``.
+    to itself and the chunk before it, with a mask for the exact window and segment rule.
+    Written out rather than through ``scaled_dot_product_attention``: its fast CPU kernel takes
+    only the causal flag, and given a mask it falls back to a path ~1.5-2x slower than this.
+    Every position sees at least itself, so no row of the softmax is all ``-inf``.
     """
     B, H, T, D = q.shape
     c = window
