@@ -410,7 +410,10 @@ def test_phase2_keeps_its_text_share_over_steps_at_any_batch(corpus, tmp_path):
     data.paths(0)[0].write_text("\n".join(json.dumps(e | rec) for e in episodes))
     with_text = next(i for i, r in enumerate(rows) if r)
     t, w = data.batch(with_text)
-    assert t.shape == (2, 129) and bool((w[1] == 1).all())  # the text row: every byte counts
+    # the text row: every byte counts (a document boundary's control symbols are no bytes: the
+    # window is random, so it may cross one)
+    assert t.shape == (2, 129) and torch.equal(w[1], (t[1, 1:] < 256).float())
+    assert float(w[1].sum()) > 100
     assert torch.equal(t, data.batch(with_text)[0])
     assert not data.text_rows(next(i for i, r in enumerate(rows) if not r))
     cfg.cognitive.text_share = 0.9  # 1.8 a batch: capped so one row stays episodes
