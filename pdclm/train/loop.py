@@ -266,10 +266,9 @@ class Trainer:
         return {
             "steps": step,
             "train_seconds": train_time,
-            # the median: one slow step (a page fault, the OS scheduling something else) moved
-            # a short probe's mean by a third
-            "seconds_per_step_steady": statistics.median(steady) if steady else None,
-            # contention only ever slows a step: the lower quartile is the loop's own speed
+            # contention (a page fault, the OS scheduling something else) only ever slows a
+            # step: the lower quartile is the loop's own speed, where a short probe's mean moved
+            # by a third and its median over-read the step by 15-25 %
             "seconds_per_step_q1": (
                 statistics.quantiles(steady, n=4)[0] if len(steady) > 1 else None
             ),
