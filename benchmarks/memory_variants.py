@@ -3,6 +3,8 @@ print each one's measurements (a quicker probe than the full six-variant bench).
 
     .venv/bin/python benchmarks/memory_variants.py OUT none,full train.batch=32 \
         bench.memory_seconds=150 bench.memory_trials=16 bench.memory_docs=1
+    # the memory preset's settings, one variant, another seed (preset= picks the base preset)
+    .venv/bin/python benchmarks/memory_variants.py OUT full preset=memory train.seed=1
     # with a trained PSE and global patches at 3.5 bits, as in the README's bench run
     .venv/bin/python benchmarks/memory_variants.py OUT full bench.memory_pse=runs/pse/phase1_model \
         pse.patcher.rule=global pse.patcher.threshold=3.5 train.batch=16 train.lr=2e-3
@@ -19,8 +21,9 @@ from pdclm.config import from_dict, load_preset, resolve
 
 
 def main(out: Path, variants: list[str], overrides: list[str]) -> None:
-    cfg = load_preset("tiny")
-    for kv in overrides:
+    preset = next((kv.split("=", 1)[1] for kv in overrides if kv.startswith("preset=")), "tiny")
+    cfg = load_preset(preset)
+    for kv in (kv for kv in overrides if not kv.startswith("preset=")):
         key, value = kv.split("=")
         *path, last = key.split(".")
         obj = cfg

@@ -409,9 +409,9 @@ class CognitiveConfig:
     """Self-play: questions per round answered by several agents that read each other."""
     agents: int = 2
     temperature: float = 0.7
+    """Sampling temperature of self-play."""
     unanswerable_share: float = 0.03
     """Share of gold-trace episodes whose question hides a number (answer: unknown)."""
-    """Sampling temperature of self-play."""
 
 
 @dataclass
