@@ -418,3 +418,25 @@ def test_phase2_keeps_its_text_share_over_steps_at_any_batch(corpus, tmp_path):
     assert not data.text_rows(next(i for i, r in enumerate(rows) if not r))
     cfg.cognitive.text_share = 0.9  # 1.8 a batch: capped so one row stays episodes
     assert all(len(data.text_rows(i)) <= 1 for i in range(50))
+
+
+def test_phase2_fills_its_rows_with_episodes(tmp_path):
+    """Packing draws twice the episodes that would fill the rows on average, so padding is a
+    small share of a step (drawing just enough left ~0.2 of every row padding)."""
+    import pdclm.train.cognitive as cognitive
+    from pdclm.eval.tasks import held_out_sets
+
+    cfg = load_preset("tiny")
+    cfg.cognitive.batch, cfg.cognitive.text_share, cfg.cognitive.seq_len = 4, 0.0, 256
+    cfg.cognitive.steps = 40 * cfg.cognitive.rounds
+    data = cognitive.RoundData(cfg, tmp_path / "rounds", held_out_sets(cfg.tasks), None)
+    rng = random.Random(0)
+    rec = {"kind": "curriculum", "task": "arithmetic", "question_weight": 0.1, "answer": "1"}
+    episodes = [
+        {"question": f"Question {i}?", "steps": ["x" * rng.randint(10, 150)]} | rec
+        for i in range(200)
+    ]
+    data.folder.mkdir(parents=True)
+    data.paths(0)[0].write_text("\n".join(json.dumps(e) for e in episodes))
+    fill = [float((data.batch(i)[1] > 0).float().mean()) for i in range(40)]  # round 0's
+    assert sum(fill) / len(fill) > 0.9

@@ -349,7 +349,11 @@ class RoundData:
         text_rows = self.text_rows(i)
         rows = cg.batch - len(text_rows)
         mean_len = sum(len(s) for s, _ in pool[:256]) / min(256, len(pool))
-        draw = [pool[j] for j in rng.choices(range(len(pool)), k=int(rows * cg.seq_len / mean_len))]
+        # twice the episodes that fill the rows on average, packed first-fit, the rest
+        # dropped: drawing just enough left a fifth of every row padding (cpu preset: rows
+        # 0.79 full, 0.955 with twice the draws)
+        k = 2 * math.ceil(rows * cg.seq_len / mean_len)
+        draw = [pool[j] for j in rng.choices(range(len(pool)), k=k)]
         tokens, weights = pack(draw, rows, cg.seq_len)
         t, w = torch.tensor(tokens), torch.tensor(weights)
         if text_rows:
