@@ -8,7 +8,7 @@ import torch
 from pdclm.bench.baselines import TokenTransformer, matched_transformer, non_embedding_params
 from pdclm.config import Config
 from pdclm.model.pdclm import PDCLM, Stream, complete, next_symbol_loss
-from pdclm.pse.entropy import EntropyModel, EntropyStream, profile_long
+from pdclm.pse.entropy import EntropyModel, EntropyStream
 from pdclm.vocab import BOS
 
 
@@ -95,7 +95,10 @@ def test_entropy_profile_stream_prefill_and_segments_agree():
     x = torch.randint(0, 256, (2, 150))
     full = model.profile(x)
     assert (full[:, 0] == 0).all() and (full[:, 1:] > 0).all()
-    torch.testing.assert_close(profile_long(model, x[0], segment=24), full[0], atol=1e-4, rtol=1e-4)
+    assert model.reach == 15  # so pieces of 60 symbols: 3 of them
+    torch.testing.assert_close(model.profile(x, chunk=1), full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model.profile(x[:1], chunk=1)[0], full[0], atol=1e-4, rtol=1e-4)
+    assert model.profile(x[:, :1]).shape == (2, 1)
     stream = EntropyStream(model)
     pushed = torch.stack([stream.push(t) for t in x[:, :-1].unbind(1)], 1)
     torch.testing.assert_close(pushed, full[:, 1:], atol=1e-4, rtol=1e-4)

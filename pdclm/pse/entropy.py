@@ -45,10 +45,21 @@ class EntropyModel(nn.Module):
         return self.head(self.stack(self.embed(tokens), positions, caches=caches))
 
     @torch.no_grad()
-    def profile(self, tokens: Tensor) -> Tensor:
+    def profile(self, tokens: Tensor, chunk: int = 1 << 12) -> Tensor:
         """Entropy in bits (B, N) of predicting symbol t from the symbols before it; position 0
-        gets 0."""
-        return F.pad(entropy_bits(self(tokens[:, :-1])), (1, 0))
+        gets 0.
+
+        A long input goes through in pieces of about ``chunk`` positions over the batch (at
+        least 4x :attr:`reach` per row), each given the :attr:`reach` symbols before it, all
+        that its first entropy depends on: the same values as one pass, in bounded memory (one
+        pass over 16 rows of 8k symbols peaked at ~1 GB) and a shard in one call."""
+        x = tokens[:, :-1]
+        step = max(4 * self.reach, chunk // max(1, x.shape[0]))
+        out = []
+        for a in range(0, x.shape[1], step):
+            lo = max(0, a - self.reach)
+            out.append(entropy_bits(self(x[:, lo : a + step]))[:, a - lo :])
+        return F.pad(torch.cat(out, 1) if out else x.new_zeros(x.shape, dtype=torch.float), (1, 0))
 
 
 class EntropyStream:
@@ -81,16 +92,3 @@ class EntropyStream:
         logits = self.model(tokens, torch.arange(T, device=tokens.device), self.caches)
         self.length = T
         return F.pad(entropy_bits(logits), (1, 0))
-
-
-@torch.no_grad()
-def profile_long(model: EntropyModel, symbols: Tensor, segment: int = 1 << 12) -> Tensor:
-    """Profile (N,) of one long 1-D stream, in segments, equal to ``model.profile`` on it all:
-    each segment is given the :attr:`~EntropyModel.reach` symbols before it, all that its
-    first position's entropy can depend on."""
-    out = []
-    for a in range(0, symbols.numel(), segment):
-        lo = max(0, a - model.reach)
-        part = symbols[lo : a + segment].long().unsqueeze(0)
-        out.append(model.profile(part)[0, a - lo :])
-    return torch.cat(out)

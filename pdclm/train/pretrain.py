@@ -26,7 +26,7 @@ from pdclm.data.shards import BatchSampler, ShardSet, write_profiles
 from pdclm.eval.tasks import evaluate_tasks, held_out_sets
 from pdclm.model.io import save_model
 from pdclm.model.pdclm import PDCLM
-from pdclm.pse.entropy import EntropyModel, profile_long
+from pdclm.pse.entropy import EntropyModel
 from pdclm.pse.patcher import calibrate, mean_patch_length, patch_ids
 from pdclm.pse.viz import plot_patch_lengths, plot_profile
 from pdclm.train.loop import Trainer, resolve_device
@@ -149,7 +149,7 @@ def store_profiles(cfg: Config, entropy: EntropyModel, progress: bool) -> str:
         cfg.data.dir,
         tag,
         lambda s: (
-            profile_long(entropy, torch.from_numpy(s.astype(np.int64)).to(device)).cpu().numpy()
+            entropy.profile(torch.from_numpy(s.astype(np.int64)).to(device)[None])[0].cpu().numpy()
         ),
         progress=progress,
         share=(part.rank, part.world),
