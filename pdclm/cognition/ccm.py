@@ -146,20 +146,31 @@ def _solve_here(
     generator: torch.Generator | None,
     batch: int,
 ) -> list[Solution]:
-    """Solve (question, thinking prefix) pairs in this process."""
-    out: list[Solution] = []
-    for lo in range(0, len(pairs), batch):
-        chunk = [q for q, _ in pairs[lo : lo + batch]]
+    """Solve (question, thinking prefix) pairs in this process.
+
+    Questions go in batches of similar length (then back in their order), and the part of the
+    prompt every row of a batch has is read in one parallel pass (:meth:`Stream.prefill`);
+    pushed symbol by symbol, prompts were most of an evaluation's steps."""
+    heads = [[*prompt(q), *pre.encode()] for q, pre in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: len(heads[i]))
+    solved: dict[int, Solution] = {}
+    for lo in range(0, len(order), batch):
+        part = order[lo : lo + batch]
         rows = []
-        for q, pre in pairs[lo : lo + batch]:
-            head = pre.encode()
-            row = _Row(deque([*prompt(q), *head]))
-            for byte in head:
+        for i in part:
+            row = _Row(deque(heads[i]))
+            for byte in pairs[i][1].encode():
                 row.think(byte)
             rows.append(row)
-        live = list(range(len(rows)))  # stream row j is question live[j]
+        live = list(range(len(rows)))  # stream row j is question part[live[j]]
         stream = model.start_stream(len(rows))
-        sampled = [0] * len(rows)
+        shared = min(len(r.pending) for r in rows)  # >= 1: every prompt starts with BOS
+        read = [[r.pending.popleft() for _ in range(shared)] for r in rows]
+        for r, symbols in zip(rows, read, strict=True):
+            r.symbols += symbols
+            r.actions += [-1] * shared
+        logits = stream.prefill(torch.tensor(read))
+        sampled = sample_next(logits, temperature, top_k, generator).tolist()
         while True:
             symbols = [rows[r].next_symbol(s, budget) for r, s in zip(live, sampled, strict=True)]
             keep = [j for j, r in enumerate(live) if not rows[r].done]
@@ -170,19 +181,17 @@ def _solve_here(
                 live, symbols = [live[j] for j in keep], [symbols[j] for j in keep]
             logits = stream.push(torch.tensor(symbols))
             sampled = sample_next(logits, temperature, top_k, generator).tolist()
-        for q, r in zip(chunk, rows, strict=True):
-            out.append(
-                Solution(
-                    q,
-                    split_steps(r.thinking.decode("utf-8", "replace")),
-                    r.answer.decode("utf-8", "replace").strip(),
-                    r.forced,
-                    len(r.thinking),
-                    tuple(r.symbols),
-                    tuple(r.actions),
-                )
+        for i, r in zip(part, rows, strict=True):
+            solved[i] = Solution(
+                pairs[i][0],
+                split_steps(r.thinking.decode("utf-8", "replace")),
+                r.answer.decode("utf-8", "replace").strip(),
+                r.forced,
+                len(r.thinking),
+                tuple(r.symbols),
+                tuple(r.actions),
             )
-    return out
+    return [solved[i] for i in range(len(pairs))]
 
 
 _NUM = r"-?\d+(?:\.\d+)?"

@@ -8,6 +8,8 @@ the max-pool of the patch.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,15 +24,27 @@ _PAD = VOCAB_SIZE - 1  # stands for "before the sequence" in n-grams
 
 
 def ngram_hashes(tokens: Tensor, ngrams: tuple[int, ...], buckets: int) -> Tensor:
-    """(B, T, len(ngrams)) bucket ids of the n-grams ending at each position (causal)."""
-    h = torch.zeros_like(tokens)
-    out = []
-    for n in range(1, max(ngrams) + 1):
-        shifted = F.pad(tokens, (n - 1, 0), value=_PAD)[:, : tokens.shape[1]]
-        h = (h * _HASH_MUL + shifted + 1) % _HASH_MOD
-        if n in ngrams:
-            out.append((h * 31 + n) % buckets)
-    return torch.stack(out, dim=-1)
+    """(B, T, len(ngrams)) bucket ids of the n-grams ending at each position (causal).
+
+    The hash of the n symbols ending at t is the polynomial ``sum_k (x[t-k] + 1) * M^(n-1-k)``
+    mod a prime, so all n at once are one integer matmul of each position's window of the
+    last ``max(ngrams)`` symbols (the same values as rolling it n by n, and ~8x fewer ops per
+    generated symbol)."""
+    K = max(ngrams)
+    windows = F.pad(tokens, (K - 1, 0), value=_PAD).unfold(1, K, 1) + 1  # (B, T, K), oldest first
+    weights, n = _hash_weights(K, ngrams, tokens.device)
+    return ((windows @ weights) % _HASH_MOD * 31 + n) % buckets
+
+
+@functools.cache
+def _hash_weights(K: int, ngrams: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(K, len(ngrams)): column n weights window slot j (k = K-1-j symbols back) by M^(n-1-k);
+    and the n of each column."""
+    w = torch.zeros(K, len(ngrams), dtype=torch.long)
+    for col, n in enumerate(ngrams):
+        for k in range(n):
+            w[K - 1 - k, col] = pow(_HASH_MUL, n - 1 - k, _HASH_MOD)
+    return w.to(device), torch.tensor(ngrams, device=device)
 
 
 class PatchEncoder(nn.Module):
