@@ -12,6 +12,8 @@ position once.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,7 +26,7 @@ from pdclm.vocab import VOCAB_SIZE
 def entropy_bits(logits: Tensor) -> Tensor:
     """Entropy in bits of the softmax of the last dimension (computed in fp32)."""
     logp = F.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1) / torch.log(torch.tensor(2.0))
+    return -(logp.exp() * logp).sum(-1) / math.log(2.0)
 
 
 class EntropyModel(nn.Module):
