@@ -74,6 +74,11 @@ def test_consistency_catches_a_planted_wrong_step():
     assert check(steps, "27").answer_follows is False  # the answer does not follow
     assert check_equation("so the total is 4 + 4 = 8") and check_equation("no math") is None
     assert check_equation("3 - 0 = 3") and check_equation("4 / 0 = 1") is False
+    counted = ["9 + 5", "10 + 4", "11 + 3", "12 + 2", "13 + 1", "14 + 0 = 14"]
+    assert check(counted, "14").steps == (None, True, True, True, True, True)
+    slipped = ["9 + 5", "10 + 4", "12 + 3", "13 + 2", "14 + 1", "15 + 0 = 15"]
+    assert check(slipped, "15").first_error == 2  # a miscount is caught where it happens
+    assert check(["-3 * -8 = 24", "2 + 24 = 26"], "26").consistent  # equations chain freely
     rng = random.Random(0)
     for name, gen in GENERATORS.items():  # task-aware checks: moves, states, registers
         task = gen.make(rng, 2)

@@ -105,6 +105,17 @@ def test_gym_traces_read_as_intended():
         entry({"expression": expr}, answer)
     )
     assert arithmetic("2 + -3*-8", "26") == ("-3 * -8 = 24", "2 + 24 = 26")
+    assert arithmetic("9 + 5", "14") == (
+        "9 + 5",
+        "10 + 4",
+        "11 + 3",
+        "12 + 2",
+        "13 + 1",
+        "14 + 0 = 14",
+    )
+    assert arithmetic("2 - 3", "-1") == ("2 - 3", "1 - 2", "0 - 1", "-1 - 0 = -1")
+    assert arithmetic("7 + 0", "7") == ("7 + 0 = 7",)
+    assert arithmetic("12 + 7", "19") == ("12 + 7 = 19",)  # beyond COUNT_UP_TO: the sum itself
     assert arithmetic("( 5 - 3 ) - -1", "3") == arithmetic("6 / 2", "3") == ()
     assert arithmetic("1.5 + 1", "2.5") == arithmetic("3 + 2 * 3", "15") == ()
 
@@ -133,6 +144,31 @@ def test_no_held_out_question_appears_in_training(name):
         assert questions & {it.question for it in raw}, "expected overlap without dedupe"
     with pytest.raises(ValueError):
         training_items(src, 1, 5, seed=EVAL_SEED, exclude=set())
+
+
+def test_held_out_sums_are_counted_with_moves_that_training_shows():
+    """The easy level's held-out questions are rows of the single-digit table that training
+    never shows; each counting line moves the left operand one way and the right one down,
+    and every such move of a held-out trace is in the training traces, unless its answer is
+    one that no trained question has."""
+    src = make_source("basic_arithmetic")
+    evals = held_out(src, level=1, n=48)
+    train = training_items(src, 1, 400, seed=5, exclude={it.question for it in evals})
+
+    def moves(steps: tuple[str, ...]) -> set[tuple[str, ...]]:
+        lines = [s.split(" = ")[0].split(" ") for s in steps]
+        return {(op, a, a2) for (a, op, _), (a2, _, _) in itertools.pairwise(lines)} | {
+            ("right", b, b2) for (_, _, b), (_, _, b2) in itertools.pairwise(lines)
+        }
+
+    seen = set().union(*(moves(it.steps) for it in train))
+    trained_sums = {it.steps[0].split(" = ")[0] for it in train}
+    unseen = [it for it in evals if it.steps[0].split(" = ")[0] not in trained_sums]
+    assert len(unseen) >= 5  # a table of facts could not answer these
+    answers = {it.answer for it in train}  # 10 + 10 alone reaches 20, and 0 - 10 alone -10
+    for it in evals:
+        assert it.steps[-1].endswith(f" = {it.answer}"), it.steps
+        assert moves(it.steps) <= seen or it.answer not in answers, it.steps
 
 
 def test_constant_baseline_finds_the_frequent_answer():

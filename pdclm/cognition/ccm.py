@@ -196,6 +196,19 @@ def _solve_here(
 
 _NUM = r"-?\d+(?:\.\d+)?"
 _EQUATION = re.compile(rf"({_NUM})\s*([+\-*/])\s*({_NUM})\s*=\s*({_NUM})")
+_REWRITE = re.compile(rf"^\s*({_NUM})\s*([+\-*/])\s*({_NUM})\s*(?:=\s*({_NUM})\s*)?$")
+"""A step that is one operation, e.g. ``10 + 4`` or ``14 + 0 = 14``: after a bare one
+(``11 + 3``, no ``=``) it rewrites that one, so both must have the same value."""
+_OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+
+
+def _apply(a: str, op: str, b: str) -> float | None:
+    x, y = float(a), float(b)
+    return None if op == "/" and y == 0 else _OPERATORS[op](x, y)
+
+
+def _close(x: float, y: float) -> bool:
+    return abs(x - y) <= 1e-6 * max(1.0, abs(x))
 
 
 def check_equation(step: str) -> bool | None:
@@ -204,13 +217,24 @@ def check_equation(step: str) -> bool | None:
     if not found:
         return None
     a, op, b, c = found[-1]
-    x, y, z = float(a), float(b), float(c)
-    if op == "/" and y == 0:
-        return False
-    value = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}[op](
-        x, y
-    )
-    return abs(value - z) <= 1e-6 * max(1.0, abs(value))
+    value = _apply(a, op, b)
+    return value is not None and _close(value, float(c))
+
+
+def check_steps(steps: Sequence[str]) -> tuple[bool | None, ...]:
+    """Per step: its equation checked, and a one-operation step after a bare one checked to
+    keep its value (``9 + 5`` then ``10 + 4``: True; then ``12 + 3``: False)."""
+    out: list[bool | None] = []
+    before: float | None = None
+    for step in steps:
+        ok = check_equation(step)
+        m = _REWRITE.match(step)
+        value = _apply(m[1], m[2], m[3]) if m else None
+        if value is not None and before is not None and ok is not False:
+            ok = _close(value, before)
+        out.append(ok)
+        before = value if m and m[4] is None else None  # only a bare operation carries on
+    return tuple(out)
 
 
 def last_value(steps: Sequence[str]) -> str | None:
@@ -245,7 +269,7 @@ def check(steps: Sequence[str], answer: str, task: Task | None = None) -> Verdic
             GENERATORS[task.generator].check_steps(task, steps)
         )
     else:
-        per_step = tuple(check_equation(s) for s in steps)
+        per_step = check_steps(steps)
     last = last_value(steps)
     follows = None
     if last is not None and re.fullmatch(_NUM, answer.strip()):
