@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import pdclm.cognition.reflection as reflection
 import pdclm.train.reflective as reflective
 from pdclm.cognition.ccm import Budget, Solution, check, solve
 from pdclm.cognition.reflection import Reflector, corrupt_text, gold_pair, score, score_positions
@@ -197,6 +198,40 @@ def test_gold_pairs_corrupt_exactly_one_step_and_keep_later_steps_unlabelled():
             assert all(x is None for x in twin.step_ok[i + 1 :])
         else:
             assert twin.episode.answer != gold.episode.answer
+
+
+def test_a_revision_replaces_an_answer_only_when_checked_and_trusted(monkeypatch):
+    """Four questions, one greedy answer and one revision each (scores fixed): a revision
+    with a refuted step, or one the reflector doubts, never replaces the answer; a checked,
+    trusted one does, also where the greedy answer's own steps were refuted."""
+    counted = ("9 + 5", "10 + 4", "11 + 3", "12 + 2", "13 + 1", "14 + 0 = 14")
+    slipped = ("9 + 5", "10 + 4", "12 + 3", "13 + 2", "14 + 1", "15 + 0 = 15")
+    other = ("9 + 4 = 13",)  # consistent, but not this question: only the reflector can tell
+    greedy = {"a": (counted, 0.4), "b": (counted, 0.4), "c": (counted, 0.4), "d": (slipped, 0.9)}
+    revised = {"a": (slipped, 0.9), "b": (other, 0.45), "c": (other, 0.8), "d": (counted, 0.6)}
+    table = {
+        **{(q, s): p for q, (s, p) in greedy.items()},
+        **{(q, s): p for q, (s, p) in revised.items()},
+    }
+
+    def fake_solve(policy, questions, budget, temperature=0.0, **_):
+        pick = revised if temperature else greedy
+        return [
+            Solution(q, pick[q][0], pick[q][0][-1].split(" = ")[-1], False, 0) for q in questions
+        ]
+
+    def fake_score(reflector, episodes):
+        return [
+            reflection.Scores((0.9,) * len(e.steps), table[e.question, e.steps]) for e in episodes
+        ]
+
+    monkeypatch.setattr(reflection, "solve", fake_solve)
+    monkeypatch.setattr(reflection, "score", fake_score)
+    cfg = dataclasses.replace(load_preset("tiny").rl.reflection, rounds=1, samples=1)
+    history = reflection.reflect_and_revise(None, None, list("abcd"), Budget(4, 64, 8), cfg)
+    chosen = {q: h[-1].solution.answer for q, h in zip("abcd", history, strict=True)}
+    assert chosen == {"a": "14", "b": "14", "c": "13", "d": "14"}
+    assert all(len(h) >= 2 for h in history)  # every question was revised once
 
 
 def test_the_reflection_network_ranks_a_corrupted_trace_below_its_correct_twin(tmp_path):
