@@ -316,14 +316,14 @@ def reflect_and_revise(
                 kept.append(keep)
         sols = solve(policy, qs, budget, 0.7, generator=generator, batch=batch, prefixes=prefixes)
         scores = score(reflector, [solution_episode(q, s) for q, s in zip(qs, sols, strict=True)])
+        trusts = [_trusted(s, sc) for s, sc in zip(sols, scores, strict=True)]
         for k, i in enumerate(todo):
             span = range(k * cfg.samples, (k + 1) * cfg.samples)
-            top = max(span, key=lambda j: _trusted(sols[j], scores[j]))
+            top = max(span, key=trusts.__getitem__)
             attempt = Attempt(sols[top], scores[top], kept[top])
             history[i].append(attempt)
-            value = _trusted(sols[top], scores[top])
-            if value >= cfg.threshold and value > trust[i]:
-                best[i], trust[i] = attempt, value
+            if trusts[top] >= cfg.threshold and trusts[top] > trust[i]:
+                best[i], trust[i] = attempt, trusts[top]
     for h, b in zip(history, best, strict=True):
         if h[-1] is not b:
             h.append(b)  # the chosen attempt closes the list

@@ -169,13 +169,13 @@ def _arithmetic_trace(entry: dict) -> tuple[str, ...]:
     if not m:
         return ()
     pairs = re.findall(rf"([+\-*])\s*({_INT})", m[2])
-    a = int(m[1])
-    if len(pairs) == 1 and pairs[0][0] in "+-" and 0 <= a <= COUNT_UP_TO:
-        op, b = pairs[0][0], int(pairs[0][1])
-        if 0 <= b <= COUNT_UP_TO and str(a + b if op == "+" else a - b) == entry["answer"]:
-            return counting_steps(a, op, b)
-    steps, value = eval_steps([a, *(int(n) for _, n in pairs)], [op for op, _ in pairs])
-    return steps if str(value) == entry["answer"] else ()
+    nums, ops = [int(m[1]), *(int(n) for _, n in pairs)], [op for op, _ in pairs]
+    steps, value = eval_steps(nums, ops)
+    if str(value) != entry["answer"]:
+        return ()
+    if ops in (["+"], ["-"]) and all(0 <= n <= COUNT_UP_TO for n in nums):
+        return counting_steps(nums[0], ops[0], nums[1])
+    return steps
 
 
 def _spell_backward_trace(entry: dict) -> tuple[str, ...]:
