@@ -355,6 +355,22 @@ def test_phase2_spends_its_episodes_where_accuracy_is_rising(tmp_path):
     assert data.task_weights(success, bits, ones, prev) == data.curriculum.weights()
 
 
+def test_phase2_keeps_half_of_a_raised_tasks_episodes_at_the_evaluated_level(tmp_path):
+    """The final evaluation asks ``tasks.eval_level``: a task the curriculum has moved past
+    it still spends half its episodes there, the other half at its present level."""
+    import pdclm.train.cognitive as cognitive
+    from pdclm.eval.tasks import held_out_sets
+
+    cfg = load_preset("tiny")
+    cfg.cognitive.text_share, cfg.cognitive.unanswerable_share = 0.0, 0.0
+    cfg.tasks.names = ["chain_sum"]
+    data = cognitive.RoundData(cfg, tmp_path, held_out_sets(cfg.tasks), None)
+    data.curriculum.level["chain_sum"] = 3
+    items = data.sample_items(200, random.Random(0), 1)
+    levels = [it.level for it in items]
+    assert levels.count(1) == levels.count(3) == 100
+
+
 def test_gold_bits_read_each_item_alone(corpus, tmp_path):
     """Teacher-forced bits of the gold thinking and answer: the same whether an item is read
     alone or padded in a batch beside longer ones, and equal to the training loss of its row."""

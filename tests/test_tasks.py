@@ -202,6 +202,19 @@ def test_curriculum_raises_lowers_and_prefers_the_learnable():
     assert clone.weights() == w and clone.level == cur.level
 
 
+def test_a_level_counts_only_the_attempts_made_at_it():
+    """A probe answers all its questions at the level it started at. When the window fills
+    part-way and raises the level, the rest are not evidence about the new level: the raised
+    task must read as unknown (the most informative weight), not as solved (the floor)."""
+    cur = Curriculum(["t", "u"], {"t": 3, "u": 3}, window=4)
+    for _ in range(6):  # 4 raise the level; 2 more answers from the same level-1 probe
+        cur.record("t", True, level=1)
+    assert cur.level["t"] == 2 and cur.success("t") is None
+    assert cur.weights()["t"] == 0.25 == max(cur.weights().values())
+    cur.record("t", False, level=2)
+    assert cur.success("t") == 0.0
+
+
 def test_question_space_counts_match_brute_force():
     """Counted spaces equal every question the generator's builder can write (and ``make``
     writes nothing else); sampled spaces find all of a small gym level and bound a large one."""

@@ -532,8 +532,15 @@ class Curriculum:
         r = self.recent[name]
         return sum(r) / len(r) if r else None
 
-    def record(self, name: str, correct: bool) -> None:
-        """Log one attempt; move the level once a full window says it is too easy or too hard."""
+    def record(self, name: str, correct: bool, level: int | None = None) -> None:
+        """Log one attempt; move the level once a full window says it is too easy or too hard.
+
+        ``level``: the level the attempt was made at. An attempt at another level than the
+        task's present one is not evidence about it and is dropped: a probe that raises a
+        level part-way through must not count its remaining, easier answers toward the new
+        level (one of them read as success 1.00 and gave the raised task the floor weight)."""
+        if level is not None and level != self.level[name]:
+            return
         r = self.recent[name]
         r.append(float(correct))
         if len(r) < self.window:

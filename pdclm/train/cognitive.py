@@ -234,11 +234,8 @@ class RoundData:
         levels): per task, greedy success and, for the ``progress`` mix, the bits per symbol
         of the gold thinking and answer read teacher-forced (else none)."""
         cfg = self.cfg
-        items = [
-            it
-            for name in cfg.tasks.names
-            for it in self.dev[name].get(self.curriculum.level[name], [])
-        ]
+        levels = dict(self.curriculum.level)
+        items = [it for name in cfg.tasks.names for it in self.dev[name].get(levels[name], [])]
         sols = run_items(model, items, eval_budget(cfg.tasks), cfg.tasks.batch)
         reads = cfg.cognitive.mix == "progress"  # ~3 s a probe on 2 cores: only when used
         bits = gold_bits(model, items, cfg.train.bf16, cfg.tasks.batch) if reads else []
@@ -248,7 +245,7 @@ class RoundData:
             gold[it.source].append(b)
         for it, sol in zip(items, sols, strict=True):
             ok = make_source(it.source).score(it, sol.answer) >= 1.0
-            self.curriculum.record(it.source, ok)
+            self.curriculum.record(it.source, ok, levels[it.source])
             success[it.source].append(float(ok))
         mean = {n: sum(v) / len(v) for n, v in success.items() if v}
         return mean, {n: sum(v) / len(v) for n, v in gold.items() if v}
@@ -292,9 +289,10 @@ class RoundData:
         self, n: int, rng: random.Random, seed: int, weights: dict[str, float] | None = None
     ) -> list[Item]:
         """``n`` training items: tasks by ``weights`` (else the curriculum's); half at a
-        task's level, half at a level drawn from 1..level (so easier levels are not
-        forgotten); a share of them with a number hidden, so the model learns to say a
-        question cannot be answered."""
+        task's level, half at the level the final evaluation asks (``tasks.eval_level``, or
+        the task's level if that is lower), so a task the curriculum has moved on keeps
+        practising the questions it is judged on; a share of them with a number hidden, so
+        the model learns to say a question cannot be answered."""
         if n <= 0:
             return []
         w = weights or self.curriculum.weights()
@@ -302,7 +300,7 @@ class RoundData:
         wanted: dict[tuple[str, int], int] = {}
         for i, name in enumerate(names):
             top = self.curriculum.level[name]
-            level = top if i % 2 else rng.randint(1, top)
+            level = top if i % 2 else min(top, self.cfg.tasks.eval_level)
             wanted[(name, level)] = wanted.get((name, level), 0) + 1
         items: list[Item] = []
         for (name, level), k in sorted(wanted.items()):
