@@ -754,7 +754,7 @@ def cmd_solve(args: SolveCmd) -> dict:
     )
     # a question in one of the generators' formats gets the task-aware step checks
     task = next(filter(None, (g.parse(args.question) for g in GENERATORS.values())), None)
-    verdict = check(best.steps, best.answer, task)
+    verdict = check(best.steps, best.answer, task, args.question)
     marks = {True: "ok", False: "WRONG", None: ""}
     print("thinking:")
     for step, ok in zip(best.steps, verdict.steps, strict=True):

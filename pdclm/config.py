@@ -358,6 +358,10 @@ class TasksConfig:
     think_bytes: int = 256
     """... and thinking bytes."""
     answer_bytes: int = 64
+    check_retries: int = 3
+    """Checked decoding at evaluation, reported beside greedy accuracy: tries at resuming a
+    chain of thought the CCM's arithmetic check refutes, before its first refuted step (0:
+    off)."""
     budgets: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16])
     """Thinking-step budgets of the accuracy-vs-budget sweep (after Phase 2)."""
     sweep_items: int = 32

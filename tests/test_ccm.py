@@ -9,10 +9,12 @@ import torch
 
 from pdclm.cognition.ccm import (
     Budget,
+    Solution,
     agreement,
     answer_logprob,
     check,
     check_equation,
+    revise_refuted,
     solve,
     source_reliance,
 )
@@ -65,6 +67,26 @@ def test_batched_solving_equals_one_question_at_a_time():
     assert together == alone
 
 
+def test_sampling_only_the_first_steps_then_greedy():
+    """``sampled_steps``: past that many new steps a row decodes greedily. Greedy, this model
+    writes ``x`` forever; sampled, also ``y`` and line breaks."""
+    model = fixed_logits_model({ord("x"): 1.0, ord("y"): 0.5, NEWLINE: 0.5})
+    budget = Budget(max_steps=3, max_bytes=60, answer_bytes=4)
+    gen = torch.Generator().manual_seed(0)
+    (greedy,) = solve(model, ["q"], budget)
+    assert greedy.steps == ("x" * 60,)
+    assert solve(model, ["q"] * 4, budget, 2.0, generator=gen, sampled_steps=0) == [greedy] * 4
+    hot = solve(model, ["q"] * 16, budget, 2.0, generator=gen, sampled_steps=1)
+    assert any("y" in h.steps[0] for h in hot)  # the first step is sampled...
+    assert all(set("".join(h.steps[1:])) <= {"x"} for h in hot)  # ...the rest is greedy
+    assert any(len(h.steps) > 1 for h in hot)
+    after = solve(
+        model, ["q"] * 16, budget, 2.0, generator=gen, prefixes=["xy\n"] * 16, sampled_steps=1
+    )
+    assert all(h.steps[0] == "xy" for h in after)  # counted from after the prefix
+    assert any("y" in h.steps[1] for h in after if len(h.steps) > 1)
+
+
 def test_consistency_catches_a_planted_wrong_step():
     steps = ["7 * 3 = 21", "12 + 21 = 33", "33 - 5 = 28"]
     assert check(steps, "28").consistent
@@ -79,10 +101,19 @@ def test_consistency_catches_a_planted_wrong_step():
     slipped = ["9 + 5", "10 + 4", "12 + 3", "13 + 2", "14 + 1", "15 + 0 = 15"]
     assert check(slipped, "15").first_error == 2  # a miscount is caught where it happens
     assert check(["-3 * -8 = 24", "2 + 24 = 26"], "26").consistent  # equations chain freely
+    # the thinking starts from the question's one operation; a miscopied operand is caught
+    asked = "Calculate 9 + 5."
+    assert check(counted, "14", question=asked).consistent
+    assert check(["9 + 4", "10 + 3", "13 + 0 = 13"], "13", question=asked).first_error == 0
+    assert check(["9 + 5 = 13"], "13", question=asked).first_error == 0
+    assert check(["6 - 10 = -4"], "-4", question="What is 6 - 9?").first_error == 0
+    several = "Calculate 12 + 3 - 4."  # two operations: where the thinking starts is unknown
+    assert check(["15 - 4 = 11"], "11", question=several).consistent
     rng = random.Random(0)
     for name, gen in GENERATORS.items():  # task-aware checks: moves, states, registers
         task = gen.make(rng, 2)
         assert check(task.steps, task.answer, task).steps == (True,) * len(task.steps), name
+        assert check(task.steps, task.answer, task, task.question).consistent, name
         i = len(task.steps) // 2
         broken = list(task.steps)
         broken[i] = (
@@ -116,3 +147,50 @@ def test_answer_logprob_matches_the_streams_likelihoods():
     assert r["context_gain_nats"] == 0.0 and r["context_share"] == 0.5
     r = source_reliance(model, "The answer is ab.", "Q?", "ab")
     assert r["logp_with_context"] != r["logp_without_context"]
+
+
+def test_checked_decoding_resumes_before_the_refuted_step_and_keeps_what_never_passes(
+    monkeypatch,
+):
+    """A scripted policy counts ``a + b`` out; greedy it slips at its second line, sampled it
+    slips only on "hard". The slip is resumed from the longest verified prefix, a consistent
+    answer is never touched, and a question that never passes keeps its first answer."""
+    import pdclm.cognition.ccm as ccm
+
+    def count(a: int, b: int) -> list[str]:
+        return [f"{a + k} + {b - k}" for k in range(b)] + [f"{a + b} + 0 = {a + b}"]
+
+    calls: list[tuple[str, str, float]] = []
+
+    def scripted(
+        model, questions, budget, temperature=0.0, generator=None, batch=64, prefixes=None, **_
+    ):  # noqa: ANN001, ANN202
+        out = []
+        for q, pre in zip(questions, prefixes or [""] * len(questions), strict=True):
+            calls.append((q, pre, temperature))
+            a, b = (int(x) for x in q.replace("hard ", "").split(" + "))
+            steps, done = count(a, b), pre.splitlines()
+            if temperature == 0.0 and a == 3:  # greedy slip: "4 + 1" then "4 + 0 = 4"
+                steps = ["3 + 2", "4 + 1", "4 + 0 = 4"]
+            elif q.startswith("hard"):  # one line past the prefix, it miscounts again
+                n = len(done) + 1
+                steps = count(a, b)[:n] + [f"{a + n - 1} + {b - n}"]
+            else:
+                assert steps[: len(done)] == done  # resumes exactly after the prefix
+            answer = steps[-1].split("= ")[-1]
+            out.append(Solution(q, tuple(steps), answer, False, 0))
+        return out
+
+    monkeypatch.setattr(ccm, "solve", scripted)
+    qs = ["3 + 2", "1 + 1", "hard 2 + 4"]
+    first = scripted(None, qs, Budget())
+    assert [check(s.steps, s.answer).consistent for s in first] == [False, True, False]
+    calls.clear()
+    got = revise_refuted(None, qs, first, Budget(), retries=3, samples=2)
+    assert got[0].answer == "5" and got[0].steps == ("3 + 2", "4 + 1", "5 + 0 = 5")
+    assert got[1] is first[1]  # consistent: untouched and never re-solved
+    assert got[2] is first[2]  # never passed: its first answer stands
+    assert all(q != "1 + 1" for q, _, _ in calls)
+    assert [pre for q, pre, _ in calls if q == "3 + 2"] == ["3 + 2\n4 + 1\n"] * 2  # one try
+    hard = [pre.count("\n") for q, pre, t in calls if q.startswith("hard") and t > 0]
+    assert hard == [1, 1, 2, 2, 3, 3]  # each try resumes from the longest verified prefix

@@ -214,8 +214,11 @@ def test_a_revision_replaces_an_answer_only_when_checked_and_trusted(monkeypatch
         **{(q, s): p for q, (s, p) in revised.items()},
     }
 
-    def fake_solve(policy, questions, budget, temperature=0.0, **_):
+    resumed: dict[str, str] = {}
+
+    def fake_solve(policy, questions, budget, temperature=0.0, prefixes=None, **_):
         pick = revised if temperature else greedy
+        resumed.update(zip(questions, prefixes or (), strict=False))
         return [
             Solution(q, pick[q][0], pick[q][0][-1].split(" = ")[-1], False, 0) for q in questions
         ]
@@ -232,6 +235,8 @@ def test_a_revision_replaces_an_answer_only_when_checked_and_trusted(monkeypatch
     chosen = {q: h[-1].solution.answer for q, h in zip("abcd", history, strict=True)}
     assert chosen == {"a": "14", "b": "14", "c": "13", "d": "14"}
     assert all(len(h) >= 2 for h in history)  # every question was revised once
+    # a refuted answer resumes before its refuted step, a doubted one after its last step
+    assert resumed["d"] == "9 + 5\n10 + 4\n" and resumed["a"] == "".join(s + "\n" for s in counted)
 
 
 def test_the_reflection_network_ranks_a_corrupted_trace_below_its_correct_twin(tmp_path):

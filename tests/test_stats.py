@@ -174,6 +174,23 @@ def test_evaluate_tasks_carries_counts_and_intervals(monkeypatch):
     assert (t["right"], t["n"], t["accuracy"]) == (10, 20, 0.5)
     assert t["ci95"] == list(stats.wilson_interval(0.5, 20))
     assert t["above_constant"] == (t["ci95"][0] > t["constant_baseline"])
+    assert (t["checked"]["right"], t["checked"]["revised"]) == (10, 0)  # nothing refuted
+
+    def revise_refuted(model, questions, first, *args, **kwargs):  # the checks fix 3 answers
+        return [
+            Solution(q, (), items[i].answer, False, 0) if 10 <= i < 13 else s
+            for i, (q, s) in enumerate(zip(questions, first, strict=True))
+        ]
+
+    monkeypatch.setattr(eval_tasks, "revise_refuted", revise_refuted)
+    t = eval_tasks.evaluate_tasks(None, {"arithmetic": items}, cfg)["tasks"]["arithmetic"]
+    assert t["accuracy"] == 0.5  # the greedy accuracy is not replaced
+    assert (t["checked"]["right"], t["checked"]["n"], t["checked"]["revised"]) == (13, 20, 3)
+    cfg.check_retries = 0
+    assert (
+        "checked"
+        not in eval_tasks.evaluate_tasks(None, {"arithmetic": items}, cfg)["tasks"]["arithmetic"]
+    )
 
 
 def test_report_shows_intervals_and_the_paired_test():
@@ -185,6 +202,14 @@ def test_report_shows_intervals_and_the_paired_test():
     _, rows = task_table(report)
     assert rows[0] == ["clear", "48", "0.30 (`1`)", "**0.50 [0.36, 0.64]**"]
     assert rows[1] == ["inside", "48", "0.45 (`1`)", "0.50 [0.36, 0.64]"]  # constant inside
+    for t, right in zip(tasks.values(), (36, 24), strict=True):  # with the checks' accuracy
+        t["checked"] = {"accuracy": right / 48, "n": 48, "revised": 3}
+    header, rows = task_table(report)
+    assert header[-1] == "phase3 with checked decoding"
+    assert rows[0][-1] == "**0.75 [0.61, 0.85]**" and rows[1][-1] == "0.50 [0.36, 0.64]"
+    assert rows[2][-1].startswith("**0.62")  # all tasks: 60 of 96
+    line = next(r for r in headline(report) if "checked decoding" in r[0])
+    assert line[1].startswith("0.62") and "6 answers revised" in line[2]
     line = next(r for r in headline(report) if r[0].startswith("accuracy on perturbed"))
     (rl, rh), (pl, ph) = stats.wilson_interval(9 / 78, 78), stats.wilson_interval(2 / 78, 78)
     assert (

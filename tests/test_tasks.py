@@ -65,7 +65,7 @@ def test_gym_gold_thinking_is_consistent(name):
                 assert level not in ALWAYS_TRACED[name], it.question
                 continue
             assert all(s and "\n" not in s for s in it.steps)
-            verdict = ccm.check(it.steps, it.answer)
+            verdict = ccm.check(it.steps, it.answer, question=it.question)
             assert False not in verdict.steps, (it.steps, it.answer)
             if re.fullmatch(r"-?\d+", it.answer):
                 assert verdict.answer_follows is True, (it.steps, it.answer)

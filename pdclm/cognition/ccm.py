@@ -71,6 +71,14 @@ class _Row:
     answering: bool = False
     forced: bool = False
     done: bool = False
+    greedy_from: int | None = None
+    """From this many thinking steps on, the row decodes greedily (None: never)."""
+
+    @property
+    def sampling(self) -> bool:
+        return self.greedy_from is None or (
+            not self.answering and self.steps_done < self.greedy_from
+        )
 
     def close_thinking(self, forced: bool) -> int:
         self.forced, self.answering = forced, True
@@ -112,6 +120,22 @@ class _Row:
             self.line_has_text |= not chr(byte).isspace()
 
 
+def _pick(
+    logits: torch.Tensor,
+    rows: Sequence[_Row],
+    temperature: float,
+    top_k: int,
+    generator: torch.Generator | None,
+) -> list[int]:
+    """Each row's next symbol: drawn at ``temperature``, or greedy where the row no longer
+    samples."""
+    drawn = sample_next(logits, temperature, top_k, generator).tolist()
+    if temperature <= 0 or all(r.sampling for r in rows):
+        return drawn
+    best = logits.argmax(-1).tolist()
+    return [d if r.sampling else b for r, d, b in zip(rows, drawn, best, strict=True)]
+
+
 @torch.no_grad()
 def solve(
     model: PDCLM,
@@ -122,17 +146,22 @@ def solve(
     generator: torch.Generator | None = None,
     batch: int = 64,
     prefixes: Sequence[str] | None = None,
+    sampled_steps: int | None = None,
 ) -> list[Solution]:
     """Think within ``budget``, then answer, for every question (``batch`` rows at a time).
 
     The thinking never exceeds the budget: when it runs out, END_THINK and ANSWER are pushed
     for the model and it must answer. ``prefixes`` (one per question) are thinking already
     written: the model continues after it (how a revision resumes before a flagged step).
+    ``sampled_steps``: only that many thinking steps after the prefix are sampled at
+    ``temperature``, the rest greedy (a step is re-drawn, not everything after it).
     Under several ranks each solves a share of the questions and every rank gets all solutions.
     """
     heads = list(prefixes) if prefixes is not None else [""] * len(questions)
     return spread(
-        lambda part: _solve_here(model, part, budget, temperature, top_k, generator, batch),
+        lambda part: _solve_here(
+            model, part, budget, temperature, top_k, generator, batch, sampled_steps
+        ),
         list(zip(questions, heads, strict=True)),
     )
 
@@ -145,6 +174,7 @@ def _solve_here(
     top_k: int,
     generator: torch.Generator | None,
     batch: int,
+    sampled_steps: int | None = None,
 ) -> list[Solution]:
     """Solve (question, thinking prefix) pairs in this process.
 
@@ -162,6 +192,8 @@ def _solve_here(
             for byte in pairs[i][1].encode():
                 row.think(byte)
             rows.append(row)
+            if sampled_steps is not None:
+                row.greedy_from = row.steps_done + sampled_steps
         live = list(range(len(rows)))  # stream row j is question part[live[j]]
         stream = model.start_stream(len(rows))
         shared = min(len(r.pending) for r in rows)  # >= 1: every prompt starts with BOS
@@ -170,7 +202,7 @@ def _solve_here(
             r.symbols += symbols
             r.actions += [-1] * shared
         logits = stream.prefill(torch.tensor(read))
-        sampled = sample_next(logits, temperature, top_k, generator).tolist()
+        sampled = _pick(logits, [rows[r] for r in live], temperature, top_k, generator)
         while True:
             symbols = [rows[r].next_symbol(s, budget) for r, s in zip(live, sampled, strict=True)]
             keep = [j for j, r in enumerate(live) if not rows[r].done]
@@ -180,7 +212,7 @@ def _solve_here(
                 stream.select(torch.tensor(keep))
                 live, symbols = [live[j] for j in keep], [symbols[j] for j in keep]
             logits = stream.push(torch.tensor(symbols))
-            sampled = sample_next(logits, temperature, top_k, generator).tolist()
+            sampled = _pick(logits, [rows[r] for r in live], temperature, top_k, generator)
         for i, r in zip(part, rows, strict=True):
             solved[i] = Solution(
                 pairs[i][0],
@@ -221,11 +253,26 @@ def check_equation(step: str) -> bool | None:
     return value is not None and _close(value, float(c))
 
 
-def check_steps(steps: Sequence[str]) -> tuple[bool | None, ...]:
+_QUESTION_OPERATION = re.compile(rf"(?<![\w.])({_NUM})\s*([+\-*/])\s*({_NUM})(?!\w|\.\d)")
+_ANY_OPERATION = re.compile(r"(?=\d\s*[+\-*/]\s*-?\d)")  # a lookahead: overlapping ones count
+
+
+def question_value(question: str) -> float | None:
+    """The value of the one operation a question asks (``Calculate 9 + 5.`` -> 14), or None
+    where it asks none or several (then nothing here knows where its thinking starts)."""
+    found = _QUESTION_OPERATION.findall(question)
+    if len(found) != 1 or len(_ANY_OPERATION.findall(question)) != 1:
+        return None
+    return _apply(*found[0])
+
+
+def check_steps(steps: Sequence[str], question: str = "") -> tuple[bool | None, ...]:
     """Per step: its equation checked, and a one-operation step after a bare one checked to
-    keep its value (``9 + 5`` then ``10 + 4``: True; then ``12 + 3``: False)."""
+    keep its value (``9 + 5`` then ``10 + 4``: True; then ``12 + 3``: False). A first
+    one-operation step must keep the value of the one operation the question asks, if it
+    asks one: ``Calculate 9 + 5.`` then ``9 + 4`` miscopies the question."""
     out: list[bool | None] = []
-    before: float | None = None
+    before = question_value(question)
     for step in steps:
         ok = check_equation(step)
         m = _REWRITE.match(step)
@@ -262,21 +309,85 @@ class Verdict:
         return next((i for i, ok in enumerate(self.steps) if ok is False), None)
 
 
-def check(steps: Sequence[str], answer: str, task: Task | None = None) -> Verdict:
-    """Consistency of a chain of thought; uses the task generator's step checker when known."""
+def check(
+    steps: Sequence[str], answer: str, task: Task | None = None, question: str = ""
+) -> Verdict:
+    """Consistency of a chain of thought; uses the task generator's step checker when known,
+    else the generic one, which reads ``question`` for where the thinking starts."""
     if task is not None and task.generator in GENERATORS:
         per_step: tuple[bool | None, ...] = tuple(
             GENERATORS[task.generator].check_steps(task, steps)
         )
     else:
-        per_step = check_steps(steps)
+        per_step = check_steps(steps, question)
     last = last_value(steps)
     follows = None
     if last is not None and re.fullmatch(_NUM, answer.strip()):
         follows = abs(float(last) - float(answer.strip())) < 1e-6
-    elif last is not None:
-        follows = False
+    elif last is not None and (task is None or task.generator not in GENERATORS):
+        follows = False  # a derived number, then an answer that is not one
+    # (a generator's own answer format, e.g. registers' ``a=1 b=2 c=4``, is not a number:
+    # there the task's checker has read the steps, and the answer is the verifier's to judge)
     return Verdict(per_step, follows)
+
+
+@torch.no_grad()
+def revise_refuted(
+    model: PDCLM,
+    questions: Sequence[str],
+    first: Sequence[Solution],
+    budget: Budget,
+    retries: int = 3,
+    samples: int = 2,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    batch: int = 64,
+) -> list[Solution]:
+    """Checked decoding: each solution whose own steps the consistency check refutes resumes
+    just before its first refuted step (or after its last step, where only the answer fails
+    to follow), ``samples`` continuations sampled each try, at most ``retries`` tries; a try
+    starts from the longest verified prefix found so far. The first consistent continuation
+    replaces the solution; where none is found it stands.
+
+    Only the generic check is used (:func:`check_steps`: the model's own equations and
+    rewrites, recomputed), never a task's checker, which derives the true intermediate
+    states from the question: a verifier that knows the answer would make this a solver."""
+    out = list(first)
+    verdicts = [check(s.steps, s.answer, question=s.question) for s in first]
+    keep = {i: _verified(s, v) for i, (s, v) in enumerate(zip(first, verdicts, strict=True))}
+    todo = [i for i, v in enumerate(verdicts) if not v.consistent]
+    for _ in range(retries):
+        if not todo:
+            break
+        rows = [i for i in todo for _ in range(samples)]
+        prefixes = ["".join(step + "\n" for step in out[i].steps[: keep[i]]) for i in rows]
+        qs = [questions[i] for i in rows]
+        sols = solve(
+            model,
+            qs,
+            budget,
+            temperature,
+            generator=generator,
+            batch=batch,
+            prefixes=prefixes,
+            sampled_steps=1,
+        )
+        for i, sol in zip(rows, sols, strict=True):
+            if i not in todo:
+                continue  # an earlier sample of this try already passed
+            v = check(sol.steps, sol.answer, question=sol.question)
+            if v.consistent:
+                out[i] = sol
+                todo.remove(i)
+            elif _verified(sol, v) > keep[i]:
+                out[i], keep[i] = sol, _verified(sol, v)  # resume from further on next time
+        # a solution that never passes is the model's first answer, not its last try
+    return [first[i] if i in todo else s for i, s in enumerate(out)]
+
+
+def _verified(sol: Solution, verdict: Verdict) -> int:
+    """How many leading steps stand: those before the first refuted one, or all of them."""
+    return len(sol.steps) if verdict.first_error is None else verdict.first_error
 
 
 def agreement(answers: Sequence[str]) -> dict[str, object]:

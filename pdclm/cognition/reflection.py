@@ -182,7 +182,7 @@ def gold_pair(item: Item, rng: random.Random) -> list[Judged]:
 
 def judge(item: Item, sol: Solution) -> Judged:
     """A rollout labelled by the task's verifier and the CCM's step checks."""
-    verdict = check(sol.steps, sol.answer, item.task)
+    verdict = check(sol.steps, sol.answer, item.task, sol.question)
     right = verify(item, sol.answer) and verdict.consistent
     return Judged(Episode(item.question, sol.steps, sol.answer), verdict.steps, right)
 
@@ -272,7 +272,7 @@ class Attempt:
 
 def _trusted(sol: Solution, sc: Scores) -> float:
     """The reflector's score of an attempt, or -1 where the CCM refutes its own steps."""
-    return sc.answer if check(sol.steps, sol.answer).consistent else -1.0
+    return sc.answer if check(sol.steps, sol.answer, question=sol.question).consistent else -1.0
 
 
 @torch.no_grad()
@@ -286,9 +286,10 @@ def reflect_and_revise(
     batch: int = 64,
 ) -> list[list[Attempt]]:
     """Solve greedily; while the best answer scores below ``cfg.threshold`` or its steps fail
-    the CCM's check (at most ``cfg.rounds`` times), keep its steps before the first doubtful
-    one and sample ``cfg.samples`` continuations from there, each within the CCM budget. Per
-    question: the attempts in order, the chosen one last.
+    the CCM's check (at most ``cfg.rounds`` times), keep its steps before the first refuted
+    one (else before the reflector's first doubtful one) and sample ``cfg.samples``
+    continuations from there, each within the CCM budget. Per question: the attempts in
+    order, the chosen one last.
 
     A revision replaces the answer only when its steps pass the check and the reflector
     scores it at least ``cfg.threshold`` and above the answer it replaces. Taking any
@@ -308,7 +309,9 @@ def reflect_and_revise(
         qs, prefixes, kept = [], [], []
         for i in todo:
             b = best[i]
-            doubt = b.scores.first_doubt
+            refuted = check(b.solution.steps, b.solution.answer, question=questions[i])
+            doubt = refuted.first_error  # the check's refuted step is the sharper cut ...
+            doubt = b.scores.first_doubt if doubt is None else doubt  # ... than the doubt
             keep = len(b.solution.steps) if doubt is None else doubt
             for _ in range(cfg.samples):
                 qs.append(questions[i])

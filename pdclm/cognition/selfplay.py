@@ -184,7 +184,10 @@ def dialogue(
             continue
         final_ok += 1
         for a, s in enumerate(r2):
-            if s.answer.strip() == final and check(s.steps, s.answer, item.task).consistent:
+            if (
+                s.answer.strip() == final
+                and check(s.steps, s.answer, item.task, s.question).consistent
+            ):
                 ep = Episode(revised_q[i * agents + a], s.steps, s.answer)
                 kept.append(Verified(ep, item.source, "dialogue", 0.0))
                 break

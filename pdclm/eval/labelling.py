@@ -180,7 +180,7 @@ def assess(
             c.item,
             c.solution,
             bool(c.verified),
-            check(c.solution.steps, c.solution.answer, c.item.task),
+            check(c.solution.steps, c.solution.answer, c.item.task, c.solution.question),
             c.group,
             budget,
             s.steps,

@@ -204,6 +204,20 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"best constant answers {const:.2f}",
                 )
             )
+    final = [k for k in phase_sections(report) if report[k].get("tasks")]
+    if final and all("checked" in t for t in report[final[-1]]["tasks"].values()):
+        tasks = report[final[-1]]["tasks"]
+        acc, n, _ = pooled(
+            {k: {**t["checked"], "constant_baseline": 0.0} for k, t in tasks.items()}
+        )
+        rows.append(
+            (
+                f"mean held-out task accuracy with checked decoding, {final[-1]}",
+                with_interval(acc, n),
+                f"the CCM resumes a refuted chain of thought before its refuted step; "
+                f"{sum(t['checked']['revised'] for t in tasks.values())} answers revised",
+            )
+        )
     last = [k for k in phase_sections(report) if "consistency" in report[k]]
     if last:
         rows.append(
@@ -275,7 +289,9 @@ def task_table(report: dict[str, Any], intervals: bool = True) -> tuple[list[str
     if not phases:
         return [], []
     last = report[phases[-1]]["tasks"]
+    checked = all("checked" in t for t in last.values())  # the final model's, if measured
     header = ["task", "n", "best constant", *(f"{p} accuracy" for p in phases)]
+    header += [f"{phases[-1]} with checked decoding"] if checked else []
 
     def cell(t: dict[str, Any] | None, acc: float, n: int, const: float) -> str:
         if t is None:
@@ -291,12 +307,18 @@ def task_table(report: dict[str, Any], intervals: bool = True) -> tuple[list[str
             row.append(
                 cell(pt, pt["accuracy"], int(pt.get("n", 0)), t["constant_baseline"]) if pt else "-"
             )
+        if checked:
+            c = t["checked"]
+            row.append(cell(c, c["accuracy"], int(c["n"]), t["constant_baseline"]))
         rows.append(row)
     _, n_all, const_all = pooled(last)
     total = ["all tasks", str(n_all), f"{const_all:.2f}"]
     for p in phases:
         acc, n, _ = pooled(report[p]["tasks"])
         total.append(cell(report[p]["tasks"], acc, n, const_all))
+    if checked:
+        acc, n, _ = pooled({k: {**t["checked"], "constant_baseline": 0.0} for k, t in last.items()})
+        total.append(cell(last, acc, n, const_all))
     rows.append(total)
     return header, rows
 
@@ -401,6 +423,17 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             "Accuracy [95 % Wilson interval] on each task's held-out items; **bold** where the "
             "interval lies wholly above the best constant answer's accuracy.",
+            *(
+                [
+                    "With checked decoding, a chain of thought whose own arithmetic the CCM "
+                    "refutes (or whose first step miscopies the question's operation) is "
+                    "resumed just before the refuted step, that step re-drawn; the answer "
+                    "changes only for one that passes (`tasks.check_retries`). It is the "
+                    "system's accuracy with its checks, reported beside the model's greedy one."
+                ]
+                if header and header[-1].endswith("checked decoding")
+                else []
+            ),
             "",
             *md_table(header, rows),
             "",

@@ -17,7 +17,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pdclm.cognition.ccm import Budget, Solution, agreement, check, solve, source_reliance
+from pdclm.cognition.ccm import (
+    Budget,
+    Solution,
+    agreement,
+    check,
+    revise_refuted,
+    solve,
+    source_reliance,
+)
 from pdclm.cognition.selfplay import peer_context
 from pdclm.config import TasksConfig
 from pdclm.data.episodes import Episode, weighted_symbols
@@ -128,18 +136,37 @@ def correct(source: Source, items: Sequence[Item], sols: Sequence[Solution]) -> 
     return [source.score(it, s.answer) >= 1.0 for it, s in zip(items, sols, strict=True)]
 
 
-def evaluate_tasks(model: PDCLM, sets: dict[str, list[Item]], cfg: TasksConfig) -> dict[str, Any]:
+def evaluate_tasks(
+    model: PDCLM, sets: dict[str, list[Item]], cfg: TasksConfig, checked: bool = True
+) -> dict[str, Any]:
     """Per task: accuracy with its item count and 95 % Wilson interval, the best constant
     answer's accuracy (and whether the interval is clear of it), forced-answer rate, thinking
-    length, and the consistency check's precision/recall at catching wrong answers."""
-    solved = solve_sets(model, sets, eval_budget(cfg), cfg.batch)
+    length, and the consistency check's precision/recall at catching wrong answers.
+
+    With ``checked`` and ``cfg.check_retries``, also the accuracy under checked decoding
+    (:func:`revise_refuted`): a refuted chain of thought is resumed before its first refuted
+    step. It is reported beside the plain greedy accuracy, never in its place. On the cpu
+    preset it costs ~15 s against ~8 s for the greedy pass (2 cores, 624 questions)."""
+    budget = eval_budget(cfg)
+    solved = solve_sets(model, sets, budget, cfg.batch)
+    revisions: dict[str, list[Solution]] = {}
+    if checked and cfg.check_retries:
+        flat = [it.question for items in sets.values() for it in items]
+        firsts = [s for part in solved.values() for s in part]
+        gen = torch.Generator().manual_seed(0)
+        revised = iter(
+            revise_refuted(
+                model, flat, firsts, budget, cfg.check_retries, generator=gen, batch=cfg.batch
+            )
+        )
+        revisions = {name: [next(revised) for _ in items] for name, items in sets.items()}
     out: dict[str, Any] = {}
     all_flags, all_wrong = [], []
     for name, items in sets.items():
         source, part = make_source(name), solved[name]
         wrong = [not c for c in correct(source, items, part)]
         flags = [
-            not check(s.steps, s.answer, it.task).consistent
+            not check(s.steps, s.answer, it.task, s.question).consistent
             for it, s in zip(items, part, strict=True)
         ]
         all_flags += flags
@@ -155,6 +182,18 @@ def evaluate_tasks(model: PDCLM, sets: dict[str, list[Item]], cfg: TasksConfig) 
             "forced": sum(s.forced for s in part) / max(1, len(part)),
             "thinking_bytes": sum(s.thinking_bytes for s in part) / max(1, len(part)),
             "consistency": flag_stats(flags, wrong),
+            **(
+                {
+                    "checked": {
+                        **proportion(sum(correct(source, items, revisions[name])), len(items)),
+                        "revised": sum(
+                            a is not b for a, b in zip(part, revisions[name], strict=True)
+                        ),
+                    }
+                }
+                if name in revisions
+                else {}
+            ),
             "example": {
                 "question": items[0].question,
                 "steps": list(part[0].steps),

@@ -214,7 +214,8 @@ class Pretrain:
         if dist.is_main():  # drawn for the report, which rank 0 writes
             plots = self.plots(model, cal_tokens, cal_entropy, starts, run_dir)
         # held-out task accuracy of the stream model: what the later phases are measured against
-        tasks = evaluate_tasks(model, held_out_sets(cfg.tasks), cfg.tasks)
+        # (greedy only: it has not learned to write a chain of thought to check)
+        tasks = evaluate_tasks(model, held_out_sets(cfg.tasks), cfg.tasks, checked=False)
         return {
             **tasks,
             "data": {

@@ -501,7 +501,7 @@ class RolloutBatches:
                 it,
                 s,
                 verify(it, s.answer),
-                check(s.steps, s.answer, it.task),
+                check(s.steps, s.answer, it.task, s.question),
                 j // rl.group,
                 budget,
                 sc.steps,
