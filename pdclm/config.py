@@ -865,6 +865,7 @@ def validate(cfg: Config) -> None:
         need(getattr(tk, name) >= 1, f"tasks.{name} must be >= 1")
     need(tk.think_steps >= 0 and tk.think_bytes >= 0, "tasks.think_* must be >= 0")
     need(tk.agreement_samples >= 1, "tasks.agreement_samples must be >= 1")
+    need(tk.check_retries >= 0, "tasks.check_retries must be >= 0 (0: no checked decoding)")
     need(all(b >= 0 for b in tk.budgets), "tasks.budgets must be >= 0")
     cg = cfg.cognitive
     for name in ("rounds", "steps", "seq_len", "batch", "solver_samples", "agents"):

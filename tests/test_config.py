@@ -81,6 +81,7 @@ def test_unknown_key_in_a_preset_file_names_the_key(tmp_path):
         ({"model": {"mlp_ratio": 0}}, "model.mlp_ratio"),
         ({"bench": {"noise_rates": [float("nan")]}}, "bench.noise_rates"),
         ({"bench": {"memory_key_weight": 0.0}}, "bench.memory_key_weight"),
+        ({"tasks": {"check_retries": -1}}, "tasks.check_retries"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key(values, match):

@@ -123,17 +123,18 @@ class _Row:
 def _pick(
     logits: torch.Tensor,
     rows: Sequence[_Row],
+    live: Sequence[int],
     temperature: float,
     top_k: int,
     generator: torch.Generator | None,
 ) -> list[int]:
-    """Each row's next symbol: drawn at ``temperature``, or greedy where the row no longer
-    samples."""
+    """Each live row's next symbol: drawn at ``temperature``, or greedy where the row no
+    longer samples."""
     drawn = sample_next(logits, temperature, top_k, generator).tolist()
-    if temperature <= 0 or all(r.sampling for r in rows):
+    if temperature <= 0 or all(rows[r].sampling for r in live):
         return drawn
     best = logits.argmax(-1).tolist()
-    return [d if r.sampling else b for r, d, b in zip(rows, drawn, best, strict=True)]
+    return [d if rows[r].sampling else b for r, d, b in zip(live, drawn, best, strict=True)]
 
 
 @torch.no_grad()
@@ -202,7 +203,7 @@ def _solve_here(
             r.symbols += symbols
             r.actions += [-1] * shared
         logits = stream.prefill(torch.tensor(read))
-        sampled = _pick(logits, [rows[r] for r in live], temperature, top_k, generator)
+        sampled = _pick(logits, rows, live, temperature, top_k, generator)
         while True:
             symbols = [rows[r].next_symbol(s, budget) for r, s in zip(live, sampled, strict=True)]
             keep = [j for j, r in enumerate(live) if not rows[r].done]
@@ -212,7 +213,7 @@ def _solve_here(
                 stream.select(torch.tensor(keep))
                 live, symbols = [live[j] for j in keep], [symbols[j] for j in keep]
             logits = stream.push(torch.tensor(symbols))
-            sampled = _pick(logits, [rows[r] for r in live], temperature, top_k, generator)
+            sampled = _pick(logits, rows, live, temperature, top_k, generator)
         for i, r in zip(part, rows, strict=True):
             solved[i] = Solution(
                 pairs[i][0],

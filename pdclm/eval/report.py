@@ -118,6 +118,12 @@ def pooled(tasks: dict[str, dict[str, Any]]) -> tuple[float, int, float]:
     return (right / n if n else 0.0), n, (const / n if n else 0.0)
 
 
+def pooled_checked(tasks: dict[str, dict[str, Any]]) -> tuple[float, int]:
+    """:func:`pooled` of the checked-decoding accuracies: over every item, and the count."""
+    acc, n, _ = pooled({k: {**t["checked"], "constant_baseline": 0.0} for k, t in tasks.items()})
+    return acc, n
+
+
 def caught(stats: dict[str, Any]) -> str:
     """A flag's record in words: precision and recall are ``None`` when nothing was flagged
     or nothing was wrong, which a reader should not have to decode."""
@@ -207,9 +213,7 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     final = [k for k in phase_sections(report) if report[k].get("tasks")]
     if final and all("checked" in t for t in report[final[-1]]["tasks"].values()):
         tasks = report[final[-1]]["tasks"]
-        acc, n, _ = pooled(
-            {k: {**t["checked"], "constant_baseline": 0.0} for k, t in tasks.items()}
-        )
+        acc, n = pooled_checked(tasks)
         rows.append(
             (
                 f"mean held-out task accuracy with checked decoding, {final[-1]}",
@@ -317,7 +321,7 @@ def task_table(report: dict[str, Any], intervals: bool = True) -> tuple[list[str
         acc, n, _ = pooled(report[p]["tasks"])
         total.append(cell(report[p]["tasks"], acc, n, const_all))
     if checked:
-        acc, n, _ = pooled({k: {**t["checked"], "constant_baseline": 0.0} for k, t in last.items()})
+        acc, n = pooled_checked(last)
         total.append(cell(last, acc, n, const_all))
     rows.append(total)
     return header, rows

@@ -182,18 +182,6 @@ def evaluate_tasks(
             "forced": sum(s.forced for s in part) / max(1, len(part)),
             "thinking_bytes": sum(s.thinking_bytes for s in part) / max(1, len(part)),
             "consistency": flag_stats(flags, wrong),
-            **(
-                {
-                    "checked": {
-                        **proportion(sum(correct(source, items, revisions[name])), len(items)),
-                        "revised": sum(
-                            a is not b for a, b in zip(part, revisions[name], strict=True)
-                        ),
-                    }
-                }
-                if name in revisions
-                else {}
-            ),
             "example": {
                 "question": items[0].question,
                 "steps": list(part[0].steps),
@@ -203,6 +191,12 @@ def evaluate_tasks(
             if items
             else None,
         }
+        if name in revisions:
+            revised = revisions[name]
+            out[name]["checked"] = {
+                **proportion(sum(correct(source, items, revised)), len(items)),
+                "revised": sum(a is not b for a, b in zip(part, revised, strict=True)),
+            }
     return {"tasks": out, "consistency": flag_stats(all_flags, all_wrong)}
 
 
