@@ -270,9 +270,11 @@ class Attempt:
     """Steps kept from the previous best attempt (the revision resumed after them)."""
 
 
-def _trusted(sol: Solution, sc: Scores) -> float:
-    """The reflector's score of an attempt, or -1 where the CCM refutes its own steps."""
-    return sc.answer if check(sol.steps, sol.answer, question=sol.question).consistent else -1.0
+def _judge(sol: Solution, sc: Scores) -> tuple[float, int | None]:
+    """The reflector's score of an attempt, or -1 where the CCM refutes its own steps, and the
+    first refuted step (None where the check passes or cannot tell)."""
+    verdict = check(sol.steps, sol.answer, question=sol.question)
+    return (sc.answer if verdict.consistent else -1.0), verdict.first_error
 
 
 @torch.no_grad()
@@ -301,7 +303,8 @@ def reflect_and_revise(
     )
     history = [[Attempt(s, sc, 0)] for s, sc in zip(first, first_scores, strict=True)]
     best = [h[0] for h in history]
-    trust = [_trusted(s, sc) for s, sc in zip(first, first_scores, strict=True)]
+    judged = [_judge(s, sc) for s, sc in zip(first, first_scores, strict=True)]
+    trust, refuted = [t for t, _ in judged], [r for _, r in judged]
     for _ in range(cfg.rounds):
         todo = [i for i in range(len(best)) if trust[i] < cfg.threshold]
         if not todo:
@@ -309,8 +312,7 @@ def reflect_and_revise(
         qs, prefixes, kept = [], [], []
         for i in todo:
             b = best[i]
-            refuted = check(b.solution.steps, b.solution.answer, question=questions[i])
-            doubt = refuted.first_error  # the check's refuted step is the sharper cut ...
+            doubt = refuted[i]  # the check's refuted step is the sharper cut ...
             doubt = b.scores.first_doubt if doubt is None else doubt  # ... than the doubt
             keep = len(b.solution.steps) if doubt is None else doubt
             for _ in range(cfg.samples):
@@ -319,14 +321,14 @@ def reflect_and_revise(
                 kept.append(keep)
         sols = solve(policy, qs, budget, 0.7, generator=generator, batch=batch, prefixes=prefixes)
         scores = score(reflector, [solution_episode(q, s) for q, s in zip(qs, sols, strict=True)])
-        trusts = [_trusted(s, sc) for s, sc in zip(sols, scores, strict=True)]
+        judged = [_judge(s, sc) for s, sc in zip(sols, scores, strict=True)]
         for k, i in enumerate(todo):
             span = range(k * cfg.samples, (k + 1) * cfg.samples)
-            top = max(span, key=trusts.__getitem__)
+            top = max(span, key=lambda j: judged[j][0])
             attempt = Attempt(sols[top], scores[top], kept[top])
             history[i].append(attempt)
-            if trusts[top] >= cfg.threshold and trusts[top] > trust[i]:
-                best[i], trust[i] = attempt, trusts[top]
+            if judged[top][0] >= cfg.threshold and judged[top][0] > trust[i]:
+                best[i], (trust[i], refuted[i]) = attempt, judged[top]
     for h, b in zip(history, best, strict=True):
         if h[-1] is not b:
             h.append(b)  # the chosen attempt closes the list
