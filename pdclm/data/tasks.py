@@ -153,7 +153,9 @@ def counting_steps(a: int, op: str, b: int) -> tuple[str, ...]:
     two whose answers no other question has: 10 + 10 and 0 - 10): with the
     same Phase 1 model and steps, held-out basic_arithmetic went 0.42 -> 0.60 and chain_sum
     0.40 -> 0.88 (docs/phase2_steps.md). Every line has the question's value, which
-    :func:`pdclm.cognition.ccm.check` verifies line to line."""
+    :func:`pdclm.cognition.ccm.check` verifies line to line. Counting from the larger
+    operand instead (``3 + 5`` as ``5 + 3``, ...) shortens the chains but lowered held-out
+    basic_arithmetic 0.76 -> 0.58 over two seeds: the model miscopies a reordered first line."""
     step = 1 if op == "+" else -1
     lines = [f"{a + step * i} {op} {b - i}" for i in range(b + 1)]
     lines[-1] += f" = {a + step * b}"
