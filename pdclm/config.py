@@ -542,7 +542,10 @@ class RunConfig:
     reference_stepped: list[float] = field(default_factory=list)
     """Per phase, seconds on that machine that grow with its step counts, at the counts set."""
     scale: float = 0.0
-    """Set by the budget: the factor every step count was scaled by (0: not sized)."""
+    """Set by the budget: the factor the probe gave every step count (0: not sized)."""
+    scales: list[float] = field(default_factory=list)
+    """Set by the budget: per phase (pretrain, cognitive, reflective), the factor its step
+    counts were scaled by, the probe's or a refit's before that phase (0: not run)."""
     probe_step_seconds: float = 0.0
     """Set by the budget: this machine's probe step time."""
 
@@ -946,6 +949,10 @@ def validate(cfg: Config) -> None:
         need(getattr(hu, name) >= 1, f"human.{name} must be >= 1")
     ru = cfg.run
     need(ru.budget >= 0 and ru.scale >= 0, "run.budget and run.scale must be >= 0")
+    need(
+        ru.scales == [] or (len(ru.scales) == len(PHASES) and min(ru.scales) >= 0),
+        f"run.scales must be empty or one factor >= 0 per phase ({len(PHASES)}); got {ru.scales}",
+    )
     if ru.budget > 0:
         need(
             ru.reference_step_seconds > 0

@@ -31,7 +31,7 @@ from pdclm import dist
 from pdclm.config import Config, ConfigError, from_saved, resolve, to_dict, validate
 from pdclm.eval.report import write_report
 from pdclm.io import main_writes, write_json_atomic
-from pdclm.train.budget import fit_to_budget, probe_step_seconds
+from pdclm.train.budget import fit_to_budget, probe_step_seconds, refit_to_budget
 from pdclm.train.cognitive import Cognitive
 from pdclm.train.loop import MetricsLog
 from pdclm.train.phase import RunContext
@@ -148,6 +148,24 @@ def check_resume(cfg: Config, run_dir: Path, names: list[str]) -> None:
         )
 
 
+def refit(cfg: Config, spent: dict[str, float], show: bool) -> bool:
+    """Refit a budgeted run's remaining phases to the time left (:func:`refit_to_budget`);
+    True when a step count changed (config.json must then be written again)."""
+    fitted = refit_to_budget(cfg, spent)
+    if fitted is None:
+        return False
+    validate(cfg)
+    if show:
+        steps = ", ".join(f"{k} {v}" for k, v in fitted["steps"].items()) or "unchanged"
+        print(
+            f"budget {cfg.run.budget:.0f} s after {fitted['after']}: this machine runs at "
+            f"x{fitted['speed_vs_reference']:.2f} the reference, so the phases left take "
+            f"x{fitted['scale']:.2f} of their steps, expected {fitted['expected_seconds']:.0f} "
+            f"s in all: {steps}"
+        )
+    return bool(fitted["steps"])
+
+
 def run_phases(
     cfg: Config,
     run_dir: Path,
@@ -184,18 +202,23 @@ def run_phases(
     ctx = RunContext(cfg, run_dir, resume=resume, progress=progress and main, log=log)
     registry = phase_registry()
     started = time.time()
+    spent: dict[str, float] = {}  # seconds of each finished phase, for the budget's refits
     try:
         for name in names:
             phase = registry[name]()
             marker = done_dir / f"{name}.json"
             if resume and marker.exists():
                 ctx.results[phase.key] = json.loads(marker.read_text())
+                spent[name] = ctx.results[phase.key].get("seconds", 0.0)
                 continue
+            if only is None and refit(cfg, dist.broadcast(spent), progress and main):
+                main_writes(start)  # the refitted counts, before the phase uses them
             t0 = time.time()
             result = phase.run(ctx)
             result["seconds"] = round(time.time() - t0, 1)
             ctx.results[phase.key] = result
             main_writes(partial(write_json_atomic, marker, result))
+            spent[name] = result["seconds"]
     finally:
         if log:
             log.close()

@@ -457,12 +457,24 @@ def test_a_killed_model_copy_does_not_block_resume(
 
 def test_a_budgeted_run_sizes_its_steps_once_and_resumes_them(tmp_path, corpus, monkeypatch):
     """``--budget``: the probe's step time against the reference scales every phase's step
-    counts; they are in config.json, and a run killed in Phase 2 resumes (probing nothing
-    again, on a machine now twice as fast) to exactly the straight run's weights."""
+    counts; before each later phase the run refits them to the time left, from how long the
+    finished phases took; the counts are in config.json, and a run killed in Phase 2 resumes
+    (probing nothing again, on a machine now twice as fast) to exactly the straight run's
+    weights."""
     from safetensors.torch import load_file
 
     from pdclm import pipeline
+    from pdclm.train.budget import refit_to_budget
     from pdclm.train.cognitive import RoundData
+
+    # every finished phase took 7 s, half what the probe predicts (4 x (2 + 3 x 0.5) = 14 s
+    # at the 42 s budget below): the phases left get (42 - 7 - 8) / 12 > 1 of their steps,
+    # capped at the preset's counts (real phase times would make two runs differ)
+    monkeypatch.setattr(
+        pipeline,
+        "refit_to_budget",
+        lambda cfg, spent: refit_to_budget(cfg, dict.fromkeys(spent, 7.0)),
+    )
 
     probes = []
 
@@ -488,7 +500,10 @@ def test_a_budgeted_run_sizes_its_steps_once_and_resumes_them(tmp_path, corpus, 
     saved = json.loads((tmp_path / "straight" / "config.json").read_text())
     assert saved["run"]["scale"] == 0.5 and saved["run"]["probe_step_seconds"] == 2.0
     assert saved["train"]["steps"] == 15 and saved["pse"]["entropy"]["steps"] == 15
-    assert "Sized to a budget of 42 s" in (tmp_path / "straight" / "report.md").read_text()
+    assert saved["run"]["scales"] == [0.5, 1.0, 1.0]  # refitted after Phase 1
+    assert saved["cognitive"]["steps"] == 12 and saved["rl"]["steps"] == 4  # tiny: 12, 4
+    report = (tmp_path / "straight" / "report.md").read_text()
+    assert "Sized to a budget of 42 s" in report and "cognitive x1.00" in report
 
     real_batch = RoundData.batch
 
@@ -507,3 +522,26 @@ def test_a_budgeted_run_sizes_its_steps_once_and_resumes_them(tmp_path, corpus, 
     a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_refit_gives_the_phases_left_the_time_left_and_changes_nothing_when_repeated():
+    """A probe that read the machine 2x slow cut every phase to 0.17 of its steps; Phase 1
+    then ran at the reference's speed, so the phases left get the time left at that speed.
+    Refitting again with the same seconds (a resume) leaves every count as it is."""
+    from pdclm.config import load_preset
+    from pdclm.train.budget import fit_to_budget, refit_to_budget
+
+    cfg = load_preset("tiny")  # steps: pretrain 30, cognitive 12, reflective 4
+    cfg.run.budget, cfg.run.reference_step_seconds = 101.0, 1.0
+    cfg.run.reference_fixed, cfg.run.reference_stepped = [10.0, 10.0, 10.0], [40.0, 40.0, 40.0]
+    fit_to_budget(cfg, 2.0)  # speed 2: (101 - 60) / 240
+    assert cfg.run.scales == [0.1708] * 3 and cfg.cognitive.steps == 2 and cfg.rl.steps == 1
+    # Phase 1 took 10 + 40 x 0.1708 s, the reference's speed: (101 - 16.83 - 20) / 80 = 0.8021
+    phase1 = {"pretrain": 10 + 40 * 0.1708}
+    fitted = refit_to_budget(cfg, phase1)
+    assert fitted and fitted["speed_vs_reference"] == 1.0 and fitted["scale"] == 0.8021
+    assert cfg.run.scales == [0.1708, 0.8021, 0.8021] and cfg.train.steps == 5
+    assert cfg.cognitive.steps == 9 and cfg.rl.steps == 4  # 2 and 1, x 0.8021 / 0.1708
+    again = refit_to_budget(cfg, phase1)
+    assert again and again["steps"] == {} and cfg.cognitive.steps == 9 and cfg.rl.steps == 4
+    assert refit_to_budget(cfg, {}) is None  # nothing finished: nothing to measure

@@ -386,12 +386,17 @@ def budget_line(run: dict[str, Any]) -> list[str]:
     if not run.get("scale"):
         return []
     speed = run["probe_step_seconds"] / run["reference_step_seconds"]
+    factors = run.get("scales") or []
+    refits = ""
+    if len(factors) == len(PHASES) and any(f and f != run["scale"] for f in factors):
+        each = ", ".join(f"{n} x{f:.2f}" for n, f in zip(PHASES, factors, strict=True) if f)
+        refits = f" Refitted before each later phase to the time left: {each}."
     return [
         "",
         f"Sized to a budget of {run['budget']:.0f} s: a training step here took "
         f"{run['probe_step_seconds']:.3f} s, x{speed:.2f} the reference machine's, so every "
         f"phase's step counts were scaled by {run['scale']:.2f} (the counts used are in "
-        "`config.json`).",
+        f"`config.json`).{refits}",
     ]
 
 
