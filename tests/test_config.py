@@ -82,6 +82,8 @@ def test_unknown_key_in_a_preset_file_names_the_key(tmp_path):
         ({"bench": {"noise_rates": [float("nan")]}}, "bench.noise_rates"),
         ({"bench": {"memory_key_weight": 0.0}}, "bench.memory_key_weight"),
         ({"tasks": {"check_retries": -1}}, "tasks.check_retries"),
+        ({"run": {"scales": [0.5]}}, "run.scales"),
+        ({"run": {"scales": [0.5, -1.0, 0.5]}}, "run.scales"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key(values, match):

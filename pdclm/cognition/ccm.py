@@ -380,8 +380,8 @@ def revise_refuted(
             if v.consistent:
                 out[i] = sol
                 todo.remove(i)
-            elif _verified(sol, v) > keep[i]:
-                out[i], keep[i] = sol, _verified(sol, v)  # resume from further on next time
+            elif (stands := _verified(sol, v)) > keep[i]:
+                out[i], keep[i] = sol, stands  # resume from further on next time
         # a solution that never passes is the model's first answer, not its last try
     return [first[i] if i in todo else s for i, s in enumerate(out)]
 

@@ -153,11 +153,11 @@ def refit_to_budget(cfg: Config, spent: dict[str, float]) -> dict[str, Any] | No
     )
     if not done or not left or reference <= 0:
         return None
-    speed = sum(spent[n] for n in done) / reference
+    used = sum(spent[n] for n in done)
+    speed = used / reference
     fixed = speed * sum(run.reference_fixed[index[n]] for n in left)
     stepped = speed * sum(run.reference_stepped[index[n]] for n in left)
-    time_left = run.budget - sum(spent[n] for n in done)
-    scale = _clamp((time_left - fixed) / stepped if stepped else 1.0)
+    scale = _clamp((run.budget - used - fixed) / stepped if stepped else 1.0)
     steps = {}
     for name in left:
         was = run.scales[index[name]]
@@ -168,6 +168,6 @@ def refit_to_budget(cfg: Config, spent: dict[str, float]) -> dict[str, Any] | No
         "after": done[-1],
         "speed_vs_reference": round(speed, 3),
         "scale": scale,
-        "expected_seconds": round(sum(spent[n] for n in done) + fixed + scale * stepped, 1),
+        "expected_seconds": round(used + fixed + scale * stepped, 1),
         "steps": steps,
     }
